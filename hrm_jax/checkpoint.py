@@ -1,0 +1,379 @@
+"""Saving and resuming a run: one orbax CheckpointManager, WORKDIR/checkpoints.
+
+Each checkpoint step holds four items, saved together so they always agree:
+
+* "state": the train state pytree (params, optimiser states, step), arrays
+  possibly sharded; restored straight into the shardings of an abstract
+  target, never onto one device first.
+* "carry": the ACT carry, so a resumed run continues the very segments it was
+  in (optional: a trainer that restarts with all rows halted saves None).
+* "data": the data-iterator position, a JSON dict.
+* "config": the run's ml_collections config as JSON, for humans and for the
+  `solve` tool (`Checkpointer.read_config`).
+
+Resume policy (`restore_latest`): newest step first; a step that cannot be
+read (truncated or corrupt files, e.g. a save killed half-way) is skipped with
+a warning and the previous one is tried. A step whose array shapes do not fit
+the target is a configuration error, not corruption: it raises at once,
+naming every mismatching parameter path, instead of crashing deep inside
+tensorstore or silently resuming from an older step.
+
+Paths go through etils.epath so the workdir may be local or gs://.
+
+`install_preemption_handler` records SIGTERM (sent by schedulers and TPU
+maintenance before killing a job) so the loop can save and exit cleanly.
+"""
+import json
+import signal
+import threading
+from typing import Any, Mapping
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as save_decision_lib
+
+PyTree = Any
+
+CHECKPOINT_DIR = "checkpoints"
+_STATE, _CARRY, _DATA, _CONFIG = "state", "carry", "data", "config"
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not fit the abstract target restored into."""
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """Tells the manager how to save/restore/read metadata of each item."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for name in (_STATE, _CARRY):
+    registry.add(name, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
+    registry.add(name, ocp.args.StandardRestore, ocp.StandardCheckpointHandler)
+  for name in (_DATA, _CONFIG):
+    registry.add(name, ocp.args.JsonSave, ocp.JsonCheckpointHandler)
+    registry.add(name, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+  return registry
+
+
+def _json_default(value: Any) -> Any:
+  """NumPy/JAX scalars and arrays as Python numbers/lists; else str."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  return str(value)
+
+
+def _to_json(tree: ml_collections.ConfigDict | Mapping[str, Any]):
+  """A JSON-compatible dict (tuples become lists, numpy ints Python ints)."""
+  if isinstance(tree, ml_collections.ConfigDict):
+    return json.loads(tree.to_json_best_effort())
+  return json.loads(json.dumps(dict(tree), default=_json_default))
+
+
+def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+  """`"a/b/0/c" -> shape` for every array-like leaf, in orbax's key scheme.
+
+  Orbax stores a pytree by its serialised form (custom nodes such as optax
+  namedtuples become dicts/lists keyed by field name/index), so both the
+  target and the saved metadata are brought into that form before comparing.
+  """
+  serialized = ocp.tree.serialize_tree(tree, keep_empty_nodes=True)
+  flat = ocp.tree.to_flat_dict(serialized)
+  return {
+      "/".join(str(k) for k in path): tuple(leaf.shape)
+      for path, leaf in flat.items()
+      if hasattr(leaf, "shape")
+  }
+
+
+def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
+  """Raises CheckpointMismatchError unless every saved shape fits `target`.
+
+  Args:
+    item: item name, for the message.
+    saved_metadata: orbax TreeMetadata (or its `.tree`) of the saved item.
+    target: the abstract pytree about to be restored into.
+  """
+  saved_tree = getattr(saved_metadata, "tree", saved_metadata)
+  saved = _flat_shapes(saved_tree)
+  wanted = _flat_shapes(target)
+  problems = []
+  for path in sorted(wanted.keys() | saved.keys()):
+    if path not in saved:
+      problems.append(f"  {item}/{path}: missing in checkpoint "
+                      f"(target shape {wanted[path]})")
+    elif path not in wanted:
+      problems.append(f"  {item}/{path}: in checkpoint (shape {saved[path]}) "
+                      "but not in target")
+    elif saved[path] != wanted[path]:
+      problems.append(f"  {item}/{path}: checkpoint shape {saved[path]} != "
+                      f"target shape {wanted[path]}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"Checkpoint item {item!r} does not fit the model/optimiser being "
+        "restored (did the config change?):\n" + "\n".join(problems))
+
+
+class Checkpointer:
+  """Periodic, async, self-pruning checkpoints of one run.
+
+  Typical use in the train loop:
+
+    ckpt = Checkpointer(workdir, every_steps=config.ckpt.every_steps)
+    restored = ckpt.restore_latest(abstract_state, abstract_carry)
+    ...
+    ckpt.save(step, state, carry, data_state, config)  # no-op off-interval
+    ...
+    ckpt.save(step, state, carry, data_state, config, force=True)  # at exit
+    ckpt.close()  # waits for the async save
+
+  Every process of a multi-host job must make the same calls (orbax
+  coordinates the write of sharded arrays across processes).
+  """
+
+  def __init__(self,
+               workdir: epath.PathLike,
+               every_steps: int,
+               max_to_keep: int | None = 3,
+               async_save: bool = True):
+    """Opens (creating if needed) WORKDIR/checkpoints.
+
+    Args:
+      workdir: run directory, local or gs://.
+      every_steps: `save` writes only on multiples of this (unless forced).
+      max_to_keep: newest checkpoints kept; None keeps all.
+      async_save: write arrays in a background thread; `save` returns once
+        the arrays are copied off the devices.
+    """
+    self._directory = epath.Path(workdir) / CHECKPOINT_DIR
+    # Orbax's default policy also saves the first step a run reaches; we want
+    # exactly the multiples of every_steps (plus forced saves, and orbax's
+    # own preemption saves when the JAX preemption service is running).
+    policy = save_decision_lib.AnySavePolicy([
+        save_decision_lib.FixedIntervalPolicy(every_steps),
+        save_decision_lib.PreemptionCheckpointingPolicy(),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        save_decision_policy=policy,
+        enable_async_checkpointing=async_save,
+        create=True)
+    self._manager = ocp.CheckpointManager(
+        self._directory, options=options, handler_registry=_handler_registry())
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._directory
+
+  def latest_step(self) -> int | None:
+    """Newest saved step (including one still being written), or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """All saved steps, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def save(self,
+           step: int,
+           state: PyTree,
+           carry: PyTree | None,
+           data_state: Mapping[str, Any],
+           config: ml_collections.ConfigDict | Mapping[str, Any] | None,
+           force: bool = False) -> bool:
+    """Saves all items at `step` if it is a save step (or `force`).
+
+    Args:
+      step: the train step the state is at.
+      state: train-state pytree of jax arrays.
+      carry: ACT-carry pytree, or None to not save one.
+      data_state: data-iterator position: a dict of JSON types (NumPy
+        scalars/arrays are converted to Python numbers/lists).
+      config: the run config (ConfigDict or dict), stored as JSON.
+      force: save even off the `every_steps` interval.
+
+    Returns:
+      True if a save was started (async) or done.
+    """
+    if step in self._manager.all_steps():
+      logging.info("Checkpoint of step %d already exists; not saving.", step)
+      return False
+    items = {
+        _STATE: ocp.args.StandardSave(state),
+        _DATA: ocp.args.JsonSave(_to_json(data_state)),
+    }
+    if carry is not None:
+      items[_CARRY] = ocp.args.StandardSave(carry)
+    if config is not None:
+      items[_CONFIG] = ocp.args.JsonSave(_to_json(config))
+    saved = self._manager.save(
+        step, args=ocp.args.Composite(**items), force=force)
+    if saved:
+      logging.info("Saving checkpoint of step %d to %s", step, self._directory)
+    return saved
+
+  def _saved_items(self, step: int) -> set[str]:
+    """Item names present in the checkpoint of `step`."""
+    step_dir = self._directory / str(step)
+    return {name for name in (_STATE, _CARRY, _DATA, _CONFIG)
+            if (step_dir / name).exists()}
+
+  def _restore_step(self, step: int, abstract_state: PyTree,
+                    abstract_carry: PyTree | None):
+    """Restores one step; raises CheckpointMismatchError or any read error."""
+    present = self._saved_items(step)
+    if _STATE not in present or _DATA not in present:
+      raise FileNotFoundError(
+          f"step {step} lacks items {sorted({_STATE, _DATA} - present)}")
+    want_carry = abstract_carry is not None and _CARRY in present
+    if abstract_carry is not None and not want_carry:
+      logging.warning("Checkpoint of step %d has no carry; the trainer must "
+                      "start from a fresh carry.", step)
+    metadata = self._manager.item_metadata(step)
+    check_fits(_STATE, metadata[_STATE], abstract_state)
+    items = {
+        _STATE: ocp.args.StandardRestore(abstract_state),
+        _DATA: ocp.args.JsonRestore(),
+    }
+    if want_carry:
+      check_fits(_CARRY, metadata[_CARRY], abstract_carry)
+      items[_CARRY] = ocp.args.StandardRestore(abstract_carry)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    carry = restored[_CARRY] if want_carry else None
+    return restored[_STATE], carry, restored[_DATA]
+
+  def restore_latest(
+      self,
+      abstract_state: PyTree,
+      abstract_carry: PyTree | None = None,
+  ) -> tuple[int, PyTree, PyTree | None, dict[str, Any]] | None:
+    """Restores the newest readable checkpoint into the given targets.
+
+    Args:
+      abstract_state: pytree of jax.ShapeDtypeStruct with shardings (e.g.
+        from `jax.eval_shape` plus the run's shardings); arrays are restored
+        directly into these shardings and dtypes.
+      abstract_carry: same for the carry, or None to skip restoring it.
+
+    Returns:
+      None if the run has no checkpoint, else (step, state, carry,
+      data_state); carry is None if not requested or not saved.
+
+    Raises:
+      CheckpointMismatchError: the newest readable checkpoint's shapes or
+        tree do not fit the targets (message lists each offending path).
+      RuntimeError: checkpoints exist but none of them could be read; we do
+        not silently start from scratch over a run's history.
+    """
+    self._manager.wait_until_finished()
+    self._manager.reload()
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    failures = []
+    for step in steps:
+      try:
+        state, carry, data_state = self._restore_step(
+            step, abstract_state, abstract_carry)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        # Orbax/tensorstore raise many types for unreadable files; any of
+        # them means "this step is unusable", so try the previous one.
+        logging.warning(
+            "Checkpoint of step %d in %s is unreadable (%s: %s); falling "
+            "back to the previous checkpoint.", step, self._directory,
+            type(e).__name__, e)
+        failures.append(f"step {step}: {type(e).__name__}: {e}")
+        continue
+      logging.info("Restored checkpoint of step %d from %s", step,
+                   self._directory)
+      return step, state, carry, data_state
+    raise RuntimeError(
+        f"No readable checkpoint in {self._directory}; fix or remove it:\n" +
+        "\n".join(failures))
+
+  @staticmethod
+  def read_config(workdir: epath.PathLike,
+                  step: int | None = None) -> dict[str, Any]:
+    """The config saved with a checkpoint of `workdir` (newest if no step).
+
+    Args:
+      workdir: run directory (the one holding checkpoints/).
+      step: checkpoint step, or None for the newest.
+
+    Returns:
+      The config as a JSON dict; `ml_collections.ConfigDict(d)` rebuilds it.
+    """
+    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(directory, options=options,
+                               handler_registry=_handler_registry()) as mngr:
+      if step is None:
+        step = mngr.latest_step()
+        if step is None:
+          raise FileNotFoundError(f"No checkpoints in {directory}")
+      restored = mngr.restore(
+          step, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
+    return restored[_CONFIG]
+
+  def wait(self) -> None:
+    """Blocks until the pending async save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class PreemptionFlag:
+  """Callable that says whether a termination signal has arrived.
+
+  The signal handler only sets a flag; the train loop polls it at a step
+  boundary, saves a checkpoint and returns normally (exit code 0), so
+  schedulers that re-queue on SIGTERM resume from that step.
+  """
+
+  def __init__(self, signals: tuple[int, ...]):
+    self._event = threading.Event()
+    self._signals = signals
+    self._previous = {s: signal.signal(s, self._handle) for s in signals}
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: will save a checkpoint and stop at "
+                    "the next step boundary.", signum)
+    self._event.set()
+
+  def __call__(self) -> bool:
+    """True once a handled signal has arrived."""
+    return self._event.is_set()
+
+  def uninstall(self) -> None:
+    """Restores the handlers that were installed before."""
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+
+
+def install_preemption_handler(
+    signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionFlag:
+  """Records SIGTERM instead of dying; returns a `reached()` callable.
+
+  Must be called from the main thread (a Python signal rule). In a multi-host
+  job each process sees its own signal; the trainer should agree on stopping
+  across processes (e.g. all-gather the flag at checkpoint steps) before
+  saving, since every process must take part in the save.
+
+  Args:
+    signals: signals to intercept.
+
+  Returns:
+    A PreemptionFlag: call it to ask whether a signal has arrived.
+  """
+  return PreemptionFlag(signals)
+
+
+def abstract_like(tree: PyTree) -> PyTree:
+  """ShapeDtypeStructs (with shardings) of a pytree of concrete arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

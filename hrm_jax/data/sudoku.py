@@ -1,0 +1,305 @@
+"""Sudoku: encoding, seeded augmentation, Sudoku-Extreme CSV and generated data.
+
+Encoding (reference §5.3): PAD 0, blank 1, digit d -> d+1, row-major, so a
+9x9 board has vocab 11 and seq 81 (an n x n board: vocab n+2, seq n*n).
+`ignore_label_id` is 0 (PAD), which never occurs in a label: every cell,
+givens included, is supervised.
+
+Sources (config `source`):
+  * "csv:<dir>": `train.csv`/`test.csv` of `sapientinc/sudoku-extreme`
+    (`source,q,a,rating`, "." blank); `train_size` rows drawn with a seeded
+    choice (the reference's is unseeded), optionally only rows with
+    rating >= `min_rating`; the test split is the whole test.csv unless
+    `test_size` > 0.
+  * "hf:<repo_id>": the same files fetched with `huggingface_hub`.
+  * "generate": puzzles from `sudoku_solver` (unique solutions), 9x9 rated by
+    the fixed solver and kept when rating >= `min_rating`, or smaller boards
+    with `num_blanks` blanks.
+Train groups = original + `num_aug` augmented variants; all puzzle ids 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from typing import Iterator
+
+import numpy as np
+
+from hrm_jax.data import parallel
+from hrm_jax.data import puzzles
+from hrm_jax.data import seeding
+from hrm_jax.data import sudoku_solver
+from hrm_jax.data.errors import DataError
+from hrm_jax.data.errors import where
+
+
+def vocab_size(n: int) -> int:
+  return n + 2
+
+
+def encode(board: np.ndarray) -> np.ndarray:
+  """Board digits (0 = blank) of any shape -> flat uint8 tokens."""
+  return (np.asarray(board).reshape(-1) + 1).astype(np.uint8)
+
+
+def decode(tokens: np.ndarray) -> np.ndarray:
+  """Flat tokens -> n x n board (0 = blank); PAD is not a valid cell."""
+  tokens = np.asarray(tokens).reshape(-1)
+  n = int(round(np.sqrt(tokens.size)))
+  if n * n != tokens.size or np.any(tokens == puzzles.PAD_ID):
+    raise DataError(f"not an encoded square Sudoku board: {tokens.tolist()}")
+  return (tokens.astype(np.int16) - 1).astype(np.int8).reshape(n, n)
+
+
+def parse_boards(texts: list[str], n: int, path, line_numbers) -> np.ndarray:
+  """Row-major strings ("." or "0" blank, "1".."n") -> int8 [N, n, n]."""
+  for text, line in zip(texts, line_numbers):
+    if len(text) != n * n:
+      raise DataError(f"{where(path, f'row {line}')}expected {n * n} "
+                      f"characters, got {len(text)}: {text!r}")
+  buf = "".join(texts).replace(".", "0").encode("ascii", "replace")
+  raw = np.frombuffer(buf, np.uint8).astype(np.int16) - ord("0")
+  bad = np.flatnonzero((raw < 0) | (raw > n))
+  if bad.size:
+    row, pos = divmod(int(bad[0]), n * n)
+    raise DataError(f"{where(path, f'row {line_numbers[row]}')}unknown "
+                    f"character {texts[row][pos]!r} at position {pos} "
+                    f"(allowed: '.', '0'-'{n}')")
+  return raw.astype(np.int8).reshape(-1, n, n)
+
+
+def parse_board(text: str, n: int, path="<string>", line=1) -> np.ndarray:
+  return parse_boards([text], n, path, [line])[0]
+
+
+def solution_problems(puzzles_Nxnxn: np.ndarray, solutions_Nxnxn: np.ndarray):
+  """First (row index, reason) why a solution is not a valid completion.
+
+  Returns None when every solution is valid and agrees with its givens.
+  """
+  q, a = np.asarray(puzzles_Nxnxn), np.asarray(solutions_Nxnxn)
+  num, n = a.shape[0], a.shape[1]
+  if num == 0:
+    return None
+  geo = sudoku_solver.geometry_for(n)
+  bad_given = np.any((q != 0) & (q != a), axis=(1, 2))
+  boxes = a.reshape(num, n // geo.box_rows, geo.box_rows, n // geo.box_cols,
+                    geo.box_cols).transpose(0, 1, 3, 2, 4).reshape(num, n, n)
+  want = np.arange(1, n + 1)
+  checks = [(bad_given, "solution contradicts a given digit")]
+  for kind, units in (("row", a), ("column", a.transpose(0, 2, 1)),
+                      ("box", boxes)):
+    wrong = np.any(np.sort(units, axis=-1) != want, axis=-1)  # [N, n]
+    checks.append((wrong.any(axis=1), wrong.argmax(axis=1), kind))
+  first = None
+  for check in checks:
+    rows = np.flatnonzero(check[0])
+    if rows.size and (first is None or rows[0] < first[0]):
+      i = int(rows[0])
+      reason = (check[1] if len(check) == 2 else
+                f"solution {check[2]} {int(check[1][i])} is not a "
+                f"permutation of 1..{n}")
+      first = (i, reason)
+  return first
+
+
+def solution_problem(puzzle: np.ndarray, solution: np.ndarray) -> str | None:
+  """Why `solution` is not a valid completion of `puzzle` (None if it is)."""
+  found = solution_problems(puzzle[None], solution[None])
+  return found and found[1]
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def random_transform(n: int, rng: np.random.Generator) -> dict:
+  """Draws one validity-preserving symmetry (reference §5.3, seeded).
+
+  Digit permutation, transpose with p=0.5 (only for square boxes: transposing
+  a 2x3-box board would give 3x2 boxes), bands x rows-in-band and
+  stacks x columns-in-stack shuffles.
+  """
+  geo = sudoku_solver.geometry_for(n)
+  digit_map = np.concatenate([[0], rng.permutation(n) + 1])
+  transpose = bool(rng.random() < 0.5) and geo.box_rows == geo.box_cols
+  bands = rng.permutation(n // geo.box_rows)
+  rows = np.concatenate(
+      [b * geo.box_rows + rng.permutation(geo.box_rows) for b in bands])
+  stacks = rng.permutation(n // geo.box_cols)
+  cols = np.concatenate(
+      [s * geo.box_cols + rng.permutation(geo.box_cols) for s in stacks])
+  return {"digit_map": digit_map, "transpose": transpose, "rows": rows,
+          "cols": cols}
+
+
+def apply_transform(board: np.ndarray, tf: dict) -> np.ndarray:
+  """Transpose first, then the cell permutation, then the digit map."""
+  if tf["transpose"]:
+    board = board.T
+  return tf["digit_map"][board[np.ix_(tf["rows"], tf["cols"])]].astype(np.int8)
+
+
+# -------------------------------------------------------------------- sources
+
+
+def _read_csv(path: str, n: int, size: int, min_rating: int, seed: int,
+              tag: str):
+  """Reads (puzzles, solutions) from a Sudoku-Extreme CSV, seeded subset.
+
+  Two streaming passes (count/rate, then parse the chosen rows) so that the
+  3.8M-row train.csv never sits in memory as Python strings.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  with open(path, newline="") as f:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if not header or "q" not in header or "a" not in header:
+      raise DataError(f"{path}: header must contain columns 'q' and 'a', got "
+                      f"{header or 'an empty file'}")
+    ri = header.index("rating") if "rating" in header else None
+    if min_rating > 0 and ri is None:
+      raise DataError(f"{path}: min_rating set but there is no rating column")
+    ratings = []
+    for i, row in enumerate(reader):
+      if len(row) != len(header):
+        raise DataError(f"{where(path, f'row {i + 2}')}expected "
+                        f"{len(header)} fields, got {len(row)}")
+      if min_rating > 0:
+        try:
+          ratings.append(float(row[ri]))
+        except ValueError as e:
+          raise DataError(f"{where(path, f'row {i + 2}')}bad rating "
+                          f"{row[ri]!r}") from e
+      else:
+        ratings.append(0.0)
+  keep = np.flatnonzero(np.asarray(ratings) >= min_rating)
+  if 0 < size < keep.size:
+    picked = seeding.rng(seed, "subsample", tag).choice(keep.size, size,
+                                                       replace=False)
+    keep = keep[np.sort(picked)]
+  wanted = np.zeros(len(ratings), bool)
+  wanted[keep] = True
+  qi, ai = header.index("q"), header.index("a")
+  qs, as_, lines = [], [], []
+  with open(path, newline="") as f:
+    reader = csv.reader(f)
+    next(reader)
+    for i, row in enumerate(reader):
+      if wanted[i]:
+        qs.append(row[qi])
+        as_.append(row[ai])
+        lines.append(i + 2)  # 1-based line number after the header.
+  q, a = parse_boards(qs, n, path, lines), parse_boards(as_, n, path, lines)
+  problem = solution_problems(q, a)
+  if problem:
+    raise DataError(where(path, f"row {lines[problem[0]]}") + problem[1])
+  return q, a
+
+
+def _fetch_hf(repo_id: str, filename: str) -> str:
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(
+        f"source 'hf:{repo_id}' needs huggingface_hub (pip install "
+        "huggingface_hub), or download the CSVs yourself and use "
+        "source='csv:<dir>'") from e
+  return huggingface_hub.hf_hub_download(repo_id, filename,
+                                         repo_type="dataset")
+
+
+def _generate_one(job):
+  """Worker: (n, num_blanks, seed words) -> (puzzle, solution, rating)|None."""
+  n, num_blanks, words = job
+  return sudoku_solver.make_puzzle(sudoku_solver.geometry_for(n), words,
+                                   num_blanks)
+
+
+def generate(n: int, count: int, seed: int, tag: str, num_blanks: int = 0,
+             min_rating: int = 0, num_workers: int = 1, progress=None):
+  """`count` unique-solution puzzles; candidate k is seeded by (seed, tag, k).
+
+  Returns (puzzles [count,n,n], solutions, ratings), identical for any
+  `num_workers`.
+  """
+  jobs = ((n, num_blanks, seeding.seed_words(seed, "sudoku", tag, k))
+          for k in range(10**12))
+  out = []
+  for result in parallel.ordered_map(_generate_one, jobs, num_workers):
+    if result is not None and result[2] >= min_rating:
+      out.append(result)
+      if progress and len(out) % 1000 == 0:
+        progress(f"sudoku {tag}: {len(out)}/{count} puzzles")
+      if len(out) == count:
+        break
+  if not out:
+    z = np.zeros((0, n, n), np.int8)
+    return z, z.copy(), np.zeros(0, np.int64)
+  q, a, r = zip(*out)
+  return np.stack(q), np.stack(a), np.array(r, np.int64)
+
+
+def _augmented_group(q: np.ndarray, a: np.ndarray, num_aug: int,
+                     rng: np.random.Generator) -> puzzles.Group:
+  qs, as_ = [q], [a]
+  for _ in range(num_aug):
+    tf = random_transform(q.shape[0], rng)
+    qs.append(apply_transform(q, tf))
+    as_.append(apply_transform(a, tf))
+  k = len(qs)
+  return puzzles.Group(np.stack([encode(x) for x in qs]),
+                       np.stack([encode(x) for x in as_]),
+                       np.zeros(k, np.int32), np.ones(k, np.int32))
+
+
+def plan(cfg, progress=print) -> puzzles.DatasetPlan:
+  """Reads or generates the raw puzzles; groups are augmented lazily."""
+  source = cfg.source
+  n = cfg.board_size
+  if source.startswith(("csv:", "hf:")):
+    if n != 9:
+      raise DataError(f"CSV Sudoku sources are 9x9; board_size is {n}")
+    if source.startswith("csv:"):
+      root = os.path.expanduser(source[len("csv:"):])
+      paths = {s: os.path.join(root, f"{s}.csv") for s in ("train", "test")}
+    else:
+      paths = {s: _fetch_hf(source[len("hf:"):], f"{s}.csv")
+               for s in ("train", "test")}
+    progress(f"reading {paths['train']}")
+    train = _read_csv(paths["train"], n, cfg.train_size, cfg.min_rating,
+                      cfg.seed, "train")
+    progress(f"reading {paths['test']}")
+    test = _read_csv(paths["test"], n, cfg.test_size, 0, cfg.seed, "test")
+  elif source == "generate":
+    gen = functools.partial(generate, n, seed=cfg.seed,
+                            num_blanks=cfg.num_blanks,
+                            min_rating=cfg.min_rating,
+                            num_workers=cfg.num_workers or
+                            parallel.default_workers(), progress=progress)
+    progress(f"generating {cfg.train_size}+{cfg.test_size} {n}x{n} Sudoku")
+    train = gen(cfg.train_size, tag="train")[:2]
+    test = gen(cfg.test_size, tag="test")[:2]
+  else:
+    raise DataError(f"unknown Sudoku source {source!r}; use 'generate', "
+                    "'csv:<dir>', 'hf:<repo>' or 'npy:<dir>'")
+
+  def make_groups(split: str) -> Iterator[puzzles.Group]:
+    if split == "test":
+      yield from puzzles.single_example_groups(
+          np.stack([encode(x) for x in test[0]]) if len(test[0]) else
+          np.zeros((0, n * n), np.uint8),
+          np.stack([encode(x) for x in test[1]]) if len(test[1]) else
+          np.zeros((0, n * n), np.uint8))
+      return
+    for i, (q, a) in enumerate(zip(*train)):
+      yield _augmented_group(q, a, cfg.num_aug,
+                             seeding.rng(cfg.seed, "sudoku-aug", i))
+
+  return puzzles.DatasetPlan(
+      vocab_size=vocab_size(n), seq_len=n * n, ignore_label_id=0,
+      identifiers=[puzzles.BLANK_IDENTIFIER],
+      num_groups={"train": len(train[0]), "test": len(test[0])},
+      make_groups=make_groups)

@@ -1,0 +1,241 @@
+"""The HRM inner model and one deep-supervision segment (reference spec §1.3).
+
+Two recurrent transformer modules share one token space: L (fast, `L_cycles`
+updates per cycle, input injection z_H + x) and H (slow, one update per cycle,
+input injection z_L). A *segment* runs H_cycles * L_cycles L-updates and H_cycles
+H-updates; only the very last L and H update carry gradient (the one-step
+gradient), so memory does not grow with depth.
+
+Dimension letters: B batch, S grid tokens, P puzzle-embedding prefix tokens,
+L = P + S tokens, D hidden, E puzzle-embedding width, V vocabulary.
+"""
+# pylint: disable=invalid-name
+import dataclasses
+import functools
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hrm_jax.models import layers
+
+Array = jax.Array
+Variables = Any  # {"params": ..., "buffers": ...}
+
+
+@dataclasses.dataclass(frozen=True)
+class HRMConfig:
+  """Model hyperparameters; field names follow the reference's `hrm_v1.yaml`."""
+  # Data-derived.
+  seq_len: int
+  vocab_size: int
+  num_puzzle_identifiers: int
+  # Architecture (reference defaults, spec §1.1).
+  puzzle_emb_ndim: int = 512
+  H_cycles: int = 2
+  L_cycles: int = 2
+  H_layers: int = 4
+  L_layers: int = 4
+  hidden_size: int = 512
+  expansion: float = 4.0
+  num_heads: int = 8
+  pos_encodings: Literal["rope", "learned"] = "rope"
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  # ACT.
+  halt_max_steps: int = 16
+  halt_exploration_prob: float = 0.1
+  # Numerics.
+  forward_dtype: str = "bfloat16"
+  loss_type: Literal["stablemax_cross_entropy",
+                     "softmax_cross_entropy"] = "stablemax_cross_entropy"
+  # Implementation switches (not in the reference).
+  scan: bool = True  # lax.scan over the no-gradient updates; False = Python loop.
+  one_step_gradient: bool = True  # False = backprop through all updates (BPTT).
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                       f"num_heads={self.num_heads}.")
+    if self.pos_encodings not in ("rope", "learned"):
+      raise ValueError(f"pos_encodings={self.pos_encodings!r}: use 'rope' or 'learned'.")
+    if self.H_cycles < 1 or self.L_cycles < 1:
+      raise ValueError("H_cycles and L_cycles must be >= 1.")
+    if self.halt_max_steps < 1:
+      raise ValueError("halt_max_steps must be >= 1.")
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.forward_dtype)
+
+  @property
+  def puzzle_emb_len(self) -> int:
+    """Number of prefix tokens the puzzle embedding occupies (P)."""
+    return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+  @property
+  def num_positions(self) -> int:
+    """L = P + S."""
+    return self.seq_len + self.puzzle_emb_len
+
+
+class HRMInner(nn.Module):
+  """Parameters and the single-step pieces of HRM; `segment` composes them.
+
+  The puzzle-embedding table is not part of this module: it is trained by its
+  own sparse optimiser, so callers gather its rows and pass them in.
+  """
+  config: HRMConfig
+
+  def setup(self):
+    cfg = self.config
+    D = cfg.hidden_size
+    embed_std = 1.0 / math.sqrt(D)
+    self.embed_tokens = layers.CastedEmbed(cfg.vocab_size, D, embed_std, cfg.dtype)
+    if cfg.pos_encodings == "learned":
+      self.embed_pos = layers.CastedEmbed(cfg.num_positions, D, embed_std, cfg.dtype)
+      self.cos_sin = None
+    else:
+      self.cos_sin = layers.rope_cos_sin(cfg.num_positions, D // cfg.num_heads,
+                                         cfg.rope_theta)
+    module = functools.partial(layers.ReasoningModule, num_heads=cfg.num_heads,
+                               expansion=cfg.expansion,
+                               rms_norm_eps=cfg.rms_norm_eps)
+    self.H_level = module(num_layers=cfg.H_layers)
+    self.L_level = module(num_layers=cfg.L_layers)
+    self.lm_head = layers.CastedDense(cfg.vocab_size)
+    # Q head starts at weight 0, bias -5: sigmoid(-5) ~ 0.007, so the model begins
+    # by almost never halting early and Q-learning has a stable starting point.
+    self.q_head = layers.CastedDense(2, use_bias=True,
+                                     kernel_init=nn.initializers.zeros,
+                                     bias_init=nn.initializers.constant(-5.0))
+    # Fixed initial states: sampled once, never trained (the reference's buffers).
+    init_state = lambda: layers.truncated_normal(1.0)(
+        self.make_rng("params"), (D,)).astype(cfg.dtype)
+    self.H_init = self.variable("buffers", "H_init", init_state)
+    self.L_init = self.variable("buffers", "L_init", init_state)
+
+  def embed_input(self, inputs_BxS: Array, puzzle_rows_BxE: Array) -> Array:
+    """Token embeddings with the puzzle-embedding prefix, scaled by sqrt(D)."""
+    cfg = self.config
+    B = inputs_BxS.shape[0]
+    x_BxLxD = self.embed_tokens(inputs_BxS)
+    if cfg.puzzle_emb_ndim > 0:
+      rows_BxE = puzzle_rows_BxE.astype(cfg.dtype)
+      pad = cfg.puzzle_emb_len * cfg.hidden_size - cfg.puzzle_emb_ndim
+      prefix_BxPxD = jnp.pad(rows_BxE, ((0, 0), (0, pad))).reshape(
+          B, cfg.puzzle_emb_len, cfg.hidden_size)
+      x_BxLxD = jnp.concatenate([prefix_BxPxD, x_BxLxD], axis=1)
+    if cfg.pos_encodings == "learned":
+      positions_LxD = self.embed_pos(jnp.arange(cfg.num_positions))
+      x_BxLxD = 0.707106781 * (x_BxLxD + positions_LxD)  # keeps the variance at 1
+    return math.sqrt(cfg.hidden_size) * x_BxLxD
+
+  def L_update(self, z_L_BxLxD: Array, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:
+    return self.L_level(z_L_BxLxD, z_H_BxLxD + x_BxLxD, self.cos_sin)
+
+  def H_update(self, z_H_BxLxD: Array, z_L_BxLxD: Array) -> Array:
+    return self.H_level(z_H_BxLxD, z_L_BxLxD, self.cos_sin)
+
+  def heads(self, z_H_BxLxD: Array) -> tuple[Array, Array, Array]:
+    """LM logits over the grid tokens, and the two Q logits (float32)."""
+    logits_BxSxV = self.lm_head(z_H_BxLxD)[:, self.config.puzzle_emb_len:]
+    # The Q head reads position 0: the puzzle-embedding prefix token.
+    q_logits_Bx2 = self.q_head(z_H_BxLxD[:, 0]).astype(jnp.float32)
+    return logits_BxSxV, q_logits_Bx2[:, 0], q_logits_Bx2[:, 1]
+
+  def initial_states(self) -> tuple[Array, Array]:
+    return self.H_init.value, self.L_init.value
+
+  def __call__(self, inputs_BxS: Array, puzzle_rows_BxE: Array):
+    """Touches every piece once; used only by `init`."""
+    x_BxLxD = self.embed_input(inputs_BxS, puzzle_rows_BxE)
+    B, L, D = x_BxLxD.shape
+    z_H_BxLxD = jnp.broadcast_to(self.H_init.value, (B, L, D))
+    z_L_BxLxD = self.L_update(jnp.broadcast_to(self.L_init.value, (B, L, D)),
+                              z_H_BxLxD, x_BxLxD)
+    z_H_BxLxD = self.H_update(z_H_BxLxD, z_L_BxLxD)
+    return self.heads(z_H_BxLxD)
+
+
+def init_variables(model: HRMInner, rng: jax.Array, batch_size: int = 1) -> Variables:
+  """{"params": float32 weights, "buffers": fixed H_init/L_init}."""
+  cfg = model.config
+  inputs_BxS = jnp.zeros((batch_size, cfg.seq_len), jnp.int32)
+  rows_BxE = jnp.zeros((batch_size, cfg.puzzle_emb_ndim), jnp.float32)
+  return model.init(rng, inputs_BxS, rows_BxE)
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
+            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array):
+  """One deep-supervision segment (reference `Inner.forward`).
+
+  Update order for N = H_cycles, T = L_cycles: T L-updates then one H-update, N
+  times. All but the final L and final H update run without gradient.
+
+  Returns:
+    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B]).
+  """
+  cfg = model.config
+  L_update = functools.partial(model.apply, method=HRMInner.L_update)
+  H_update = functools.partial(model.apply, method=HRMInner.H_update)
+  x_BxLxD = model.apply(variables, inputs_BxS, puzzle_rows_BxE,
+                        method=HRMInner.embed_input)
+
+  if cfg.one_step_gradient:
+    # The gradient boundary: nothing before the final L and H update is differentiated.
+    frozen = jax.lax.stop_gradient((variables, x_BxLxD, z_H_BxLxD, z_L_BxLxD))
+    no_grad_vars, no_grad_x, z_H_BxLxD, z_L_BxLxD = frozen
+    # Weights are cast once, outside the loop, instead of in every update.
+    no_grad_vars = _cast_floats(no_grad_vars, cfg.dtype)
+  else:
+    no_grad_vars, no_grad_x = variables, x_BxLxD
+
+  def L_step(z_H, z_L):
+    return L_update(no_grad_vars, z_L, z_H, no_grad_x)
+
+  def H_step(z_H, z_L):
+    return H_update(no_grad_vars, z_H, z_L)
+
+  N, T = cfg.H_cycles, cfg.L_cycles
+  if cfg.scan:
+    def l_body(z_L, _, z_H):
+      return L_step(z_H, z_L), None
+
+    def cycle_body(z_HL, _):
+      z_H, z_L = z_HL
+      z_L, _ = jax.lax.scan(functools.partial(l_body, z_H=z_H), z_L, length=T)
+      return (H_step(z_H, z_L), z_L), None
+
+    if N > 1:
+      (z_H_BxLxD, z_L_BxLxD), _ = jax.lax.scan(
+          cycle_body, (z_H_BxLxD, z_L_BxLxD), length=N - 1)
+    if T > 1:
+      z_L_BxLxD, _ = jax.lax.scan(functools.partial(l_body, z_H=z_H_BxLxD),
+                                  z_L_BxLxD, length=T - 1)
+  else:
+    for h in range(N):
+      for l in range(T):
+        if not (h == N - 1 and l == T - 1):
+          z_L_BxLxD = L_step(z_H_BxLxD, z_L_BxLxD)
+      if h != N - 1:
+        z_H_BxLxD = H_step(z_H_BxLxD, z_L_BxLxD)
+
+  # The one-step-gradient updates, with the trainable weights.
+  z_L_BxLxD = L_update(variables, z_L_BxLxD, z_H_BxLxD, x_BxLxD)
+  z_H_BxLxD = H_update(variables, z_H_BxLxD, z_L_BxLxD)
+  logits_BxSxV, q_halt_B, q_continue_B = model.apply(
+      variables, z_H_BxLxD, method=HRMInner.heads)
+  new_carry = jax.lax.stop_gradient((z_H_BxLxD, z_L_BxLxD))
+  return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+
+
+def count_params(params) -> int:
+  return sum(int(p.size) for p in jax.tree.leaves(params))

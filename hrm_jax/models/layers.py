@@ -1,0 +1,184 @@
+"""Building blocks of the HRM transformer modules (reference spec §1.2).
+
+Every layer keeps float32 master weights and computes in the dtype of its input
+(bfloat16 by default, float32 for parity tests). Matrix products take operands in
+the compute dtype and accumulate in float32 (`preferred_element_type`), then round
+back: the same numerics as PyTorch's bf16 matmuls, and the fastest form on CPUs
+with AVX512_BF16.
+
+Dimension letters: B batch, L tokens (puzzle-embedding prefix + grid), D hidden,
+H heads, K head dim, F SwiGLU inner width, V vocabulary.
+"""
+# pylint: disable=invalid-name
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# std of a standard normal truncated to [-2, 2]: dividing by it makes the *actual*
+# std of the truncated sample equal the requested one (what the reference's
+# `trunc_normal_init_` and flax's `variance_scaling(..., "truncated_normal")` do).
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def truncated_normal(std: float) -> Initializer:
+  """Normal truncated to ±2 (corrected) std, sampled in float32."""
+
+  def init(key, shape, dtype=jnp.float32):
+    sample = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+    return (sample * (std / _TRUNCATED_NORMAL_STD)).astype(dtype)
+
+  return init
+
+
+# Truncated LeCun normal: std 1/sqrt(fan_in) with the same correction.
+lecun_truncated_normal = nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal")
+
+
+def _matmul(x: Array, w: Array) -> Array:
+  """x @ w in x's dtype with float32 accumulation."""
+  y = jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+  return y.astype(x.dtype)
+
+
+class CastedDense(nn.Module):
+  """Linear layer: float32 kernel [in, out], computed in the input's dtype."""
+  features: int
+  use_bias: bool = False
+  kernel_init: Initializer = lecun_truncated_normal
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init,
+                        (x.shape[-1], self.features), jnp.float32)
+    y = _matmul(x, kernel)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+class CastedEmbed(nn.Module):
+  """Embedding table in float32, looked up after casting to the compute dtype."""
+  num_embeddings: int
+  features: int
+  init_std: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, ids: Array) -> Array:
+    table = self.param("embedding", truncated_normal(self.init_std),
+                       (self.num_embeddings, self.features), jnp.float32)
+    return jnp.take(table.astype(self.dtype), ids, axis=0)
+
+
+def rms_norm(x: Array, eps: float) -> Array:
+  """Weightless RMSNorm computed in float32, returned in the input dtype."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return x32.astype(x.dtype)
+
+
+def rope_cos_sin(num_positions: int, head_dim: int,
+                 theta: float) -> tuple[Array, Array]:
+  """float32 cos/sin tables [L, K] in the rotate-half (GPT-NeoX) layout."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs_LxK2 = jnp.outer(jnp.arange(num_positions, dtype=jnp.float32), inv_freq)
+  emb_LxK = jnp.concatenate([freqs_LxK2, freqs_LxK2], axis=-1)
+  return jnp.cos(emb_LxK), jnp.sin(emb_LxK)
+
+
+def apply_rope(x_BxLxHxK: Array, cos_LxK: Array, sin_LxK: Array) -> Array:
+  """Rotates q or k in float32 (rotate-half convention), back to its dtype."""
+  x = x_BxLxHxK.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos_LxK[:, None, :], sin_LxK[:, None, :]
+  return (x * cos + rotated * sin).astype(x_BxLxHxK.dtype)
+
+
+class Attention(nn.Module):
+  """Non-causal multi-head self-attention with a fused QKV projection.
+
+  No mask at all, as in the reference: padding and the puzzle prefix are attended.
+  """
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x_BxLxD: Array, cos_sin) -> Array:
+    B, L, D = x_BxLxD.shape
+    H = self.num_heads
+    K = D // H
+    # Output columns: Q heads, then K heads, then V heads, each head contiguous.
+    qkv_BxLx3HxK = CastedDense(3 * D, name="qkv_proj")(x_BxLxD).reshape(B, L, 3 * H, K)
+    q_BxLxHxK = qkv_BxLx3HxK[:, :, :H]
+    k_BxLxHxK = qkv_BxLx3HxK[:, :, H:2 * H]
+    v_BxLxHxK = qkv_BxLx3HxK[:, :, 2 * H:]
+    if cos_sin is not None:
+      q_BxLxHxK = apply_rope(q_BxLxHxK, *cos_sin)
+      k_BxLxHxK = apply_rope(k_BxLxHxK, *cos_sin)
+    scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
+                                preferred_element_type=jnp.float32)
+    probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL * (1.0 / math.sqrt(K)), axis=-1)
+    out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype),
+                             v_BxLxHxK, preferred_element_type=jnp.float32)
+    out_BxLxD = out_BxLxHxK.astype(x_BxLxD.dtype).reshape(B, L, D)
+    return CastedDense(D, name="o_proj")(out_BxLxD)
+
+
+def swiglu_width(hidden_size: int, expansion: float) -> int:
+  """Inner width: round(expansion * D * 2/3) rounded up to a multiple of 256."""
+  width = round(expansion * hidden_size * 2 / 3)
+  return -(width // -256) * 256
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate) * up) with gate and up fused in one projection (gate first)."""
+  expansion: float
+
+  @nn.compact
+  def __call__(self, x_BxLxD: Array) -> Array:
+    D = x_BxLxD.shape[-1]
+    F = swiglu_width(D, self.expansion)
+    gate_up_BxLx2F = CastedDense(2 * F, name="gate_up_proj")(x_BxLxD)
+    gate_BxLxF, up_BxLxF = jnp.split(gate_up_BxLx2F, 2, axis=-1)
+    # silu in float32 then rounded, like PyTorch's bf16 kernel.
+    act_BxLxF = jax.nn.silu(gate_BxLxF.astype(jnp.float32)).astype(x_BxLxD.dtype)
+    return CastedDense(D, name="down_proj")(act_BxLxF * up_BxLxF)
+
+
+class PostNormBlock(nn.Module):
+  """h = norm(h + attn(h)); h = norm(h + mlp(h)); residual adds in compute dtype."""
+  num_heads: int
+  expansion: float
+  rms_norm_eps: float
+
+  @nn.compact
+  def __call__(self, h_BxLxD: Array, cos_sin) -> Array:
+    attn = Attention(self.num_heads, name="self_attn")(h_BxLxD, cos_sin)
+    h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps)
+    mlp = SwiGLU(self.expansion, name="mlp")(h_BxLxD)
+    return rms_norm(h_BxLxD + mlp, self.rms_norm_eps)
+
+
+class ReasoningModule(nn.Module):
+  """One H or L update: add the input injection, then run the block stack."""
+  num_layers: int
+  num_heads: int
+  expansion: float
+  rms_norm_eps: float
+
+  @nn.compact
+  def __call__(self, z_BxLxD: Array, injection_BxLxD: Array, cos_sin) -> Array:
+    h_BxLxD = z_BxLxD + injection_BxLxD
+    for i in range(self.num_layers):
+      h_BxLxD = PostNormBlock(self.num_heads, self.expansion, self.rms_norm_eps,
+                              name=f"layers_{i}")(h_BxLxD, cos_sin)
+    return h_BxLxD

@@ -1,0 +1,99 @@
+"""Loads the PyTorch fixtures (tests/testdata) and runs our port on the same inputs."""
+# pylint: disable=invalid-name
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hrm_jax import convert, losses
+from hrm_jax.models import act, hrm
+
+TESTDATA = pathlib.Path(__file__).parent / "testdata"
+
+
+def load_fixture(name: str):
+  return dict(np.load(TESTDATA / f"hrm_torch_parity_{name}.npz"))
+
+
+def config_from_fixture(fx, **overrides) -> hrm.HRMConfig:
+  c = json.loads(str(fx["config_json"]))
+  fields = {k: c[k] for k in (
+      "seq_len", "vocab_size", "num_puzzle_identifiers", "puzzle_emb_ndim", "H_cycles",
+      "L_cycles", "H_layers", "L_layers", "hidden_size", "expansion", "num_heads",
+      "pos_encodings", "rms_norm_eps", "rope_theta", "halt_max_steps",
+      "halt_exploration_prob", "forward_dtype")}
+  fields.update(overrides)
+  return hrm.HRMConfig(**fields)
+
+
+def variables_from_fixture(fx, cfg: hrm.HRMConfig):
+  state = {k.split("/", 1)[1]: v for k, v in fx.items()
+           if k.startswith(("param/", "buffer/"))}
+  converted = convert.torch_state_to_variables(state)
+  variables = {"params": jax.tree.map(jnp.asarray, converted["params"]),
+               "buffers": jax.tree.map(lambda a: jnp.asarray(a, cfg.dtype),
+                                       converted["buffers"])}
+  return variables, jnp.asarray(converted["puzzle_emb"])
+
+
+def batch_from_fixture(fx):
+  return {k: jnp.asarray(fx[f"batch/{k}"], jnp.int32)
+          for k in ("inputs", "labels", "puzzle_identifiers")}
+
+
+def train_step_loss_and_grads(cfg, variables, table, batch, rng=None):
+  """Summed loss of one training ACT step from the initial carry, with grads."""
+  model = hrm.HRMInner(cfg)
+  B = batch["inputs"].shape[0]
+  carry = act.initial_carry(cfg, B)
+  carry = act.reset_halted(carry, batch, variables["buffers"]["H_init"],
+                           variables["buffers"]["L_init"])
+  rows = table[carry.puzzle_identifiers_B]
+  rng = jax.random.key(0) if rng is None else rng
+
+  def loss_fn(params, rows, carry):
+    new_carry, outputs = act.act_step(
+        model, {"params": params, "buffers": variables["buffers"]}, carry, rows, rng,
+        training=True)
+    loss, metrics = losses.act_loss(outputs, new_carry, cfg.loss_type)
+    return loss, (new_carry, outputs, metrics)
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True,
+                                     allow_int=True)(
+      variables["params"], rows, carry)
+  return loss, aux, grads
+
+
+def eval_steps(cfg, variables, table, batch, num_steps):
+  """Evaluation-mode ACT steps with the carry kept between them."""
+  model = hrm.HRMInner(cfg)
+  carry = act.initial_carry(cfg, batch["inputs"].shape[0])
+  results = []
+  for _ in range(num_steps):
+    carry = act.reset_halted(carry, batch, variables["buffers"]["H_init"],
+                             variables["buffers"]["L_init"])
+    rows = table[carry.puzzle_identifiers_B]
+    carry, outputs = act.act_step(model, variables, carry, rows, None, training=False)
+    loss, _ = losses.act_loss(outputs, carry, cfg.loss_type)
+    results.append((carry, outputs, loss))
+  return results
+
+
+def rel_err(a, b) -> float:
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def torch_grad_name_to_path(name: str):
+  """'inner.H_level.layers.0.self_attn.qkv_proj.weight' -> params path and transpose."""
+  state = convert.torch_state_to_variables  # reuse the mapping through a one-entry dict
+  del state
+  name = convert.strip_prefixes(name)
+  if name in convert._DIRECT:  # pylint: disable=protected-access
+    return convert._DIRECT[name]  # pylint: disable=protected-access
+  m = convert._LAYER.match(name)  # pylint: disable=protected-access
+  level, index, block, proj = m.groups()
+  return (f"{level}_level", f"layers_{index}", block, proj, "kernel"), True
