@@ -1,0 +1,175 @@
+"""Compiled memory of one training step as the recurrence gets deeper.
+
+HRM's claim (spec §1.3) is that the one-step gradient makes training memory
+independent of the number of recurrent updates N*T per segment: only the last
+L and H update are differentiated, so nothing of the N*T-2 earlier updates has
+to be kept for the backward pass. Backpropagation through time (BPTT) keeps
+every update's activations, so its memory grows linearly with N*T.
+
+This script checks that claim on the compiled XLA program instead of trusting
+it: for N*T in {4, 16, 64} it builds the full training step (reset_halted,
+act_step(training=True), act_loss, gradients w.r.t. params and the gathered
+puzzle rows, the AdamATan2 update and the sparse SignSGD update of the
+puzzle-embedding table), compiles it, and reads XLA's `memory_analysis()`.
+It never runs the step, so it takes seconds to a minute on a CPU and needs no
+accelerator (the buffer assignment is the compiler's, per backend: numbers on
+a GPU/TPU differ in detail but not in how they scale).
+
+    python benchmarks/memory_vs_depth.py [--dtypes=bfloat16,float32]
+
+Prints a table and, as the last line, one JSON object. Exits 1 if the
+one-step-gradient model's temporary memory grows by more than --max_ratio
+from N*T = 4 to N*T = 64.
+"""
+# pylint: disable=invalid-name
+import dataclasses
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from hrm_jax import losses
+from hrm_jax import optim
+from hrm_jax.models import act
+from hrm_jax.models import hrm
+
+_DTYPES = flags.DEFINE_list(
+    "dtypes", ["bfloat16", "float32"],
+    "Forward dtypes to measure; the first is the one the JSON's top-level "
+    "numbers and the exit status are about.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
+_MAX_RATIO = flags.DEFINE_float(
+    "max_ratio", 1.1, "Largest allowed one-step temp(N*T=64) / temp(N*T=4).")
+
+# (H_cycles, L_cycles): N*T = 4, 16, 64.
+DEPTHS = ((2, 2), (4, 4), (8, 8))
+MB = 1024 * 1024
+
+
+def small_config(H_cycles: int, L_cycles: int, dtype: str) -> hrm.HRMConfig:
+  """A Sudoku-shaped model, small enough to compile quickly on a CPU."""
+  return hrm.HRMConfig(
+      seq_len=81, vocab_size=11, num_puzzle_identifiers=1000, puzzle_emb_ndim=128,
+      H_cycles=H_cycles, L_cycles=L_cycles, H_layers=2, L_layers=2,
+      hidden_size=128, num_heads=4, halt_max_steps=8, forward_dtype=dtype)
+
+
+def make_train_step(cfg: hrm.HRMConfig, batch_size: int):
+  """The trainer's step, (state, carry, batch, rng) -> (state, carry, metrics)."""
+  model = hrm.HRMInner(cfg)
+  opt_cfg = ml_collections.ConfigDict(dict(
+      lr=1e-4, lr_min_ratio=1.0, lr_warmup_steps=100, beta1=0.9, beta2=0.95,
+      weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1))
+  dense_tx, puzzle_emb_lr_fn = optim.build_optimizers(opt_cfg, total_steps=10_000)
+
+  def train_step(params, opt_state, table, buffers, carry, batch, rng):
+    carry = act.reset_halted(carry, batch, buffers["H_init"], buffers["L_init"])
+    ids_B = carry.puzzle_identifiers_B
+    rows_BxE = table[ids_B]
+
+    def loss_fn(params, rows_BxE):
+      new_carry, outputs = act.act_step(
+          model, {"params": params, "buffers": buffers}, carry, rows_BxE, rng,
+          training=True)
+      loss, metrics = losses.act_loss(outputs, new_carry, cfg.loss_type)
+      return loss / batch_size, (new_carry, metrics)
+
+    (_, (new_carry, metrics)), (param_grads, row_grads_BxE) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, rows_BxE)
+    emb_lr = puzzle_emb_lr_fn(opt_state.count)
+    updates, opt_state = dense_tx.update(param_grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    table = optim.sign_sgd_sparse_update(table, ids_B, row_grads_BxE, emb_lr,
+                                         opt_cfg.puzzle_emb_weight_decay)
+    return params, opt_state, table, new_carry, metrics
+
+  def abstract_args():
+    variables = jax.eval_shape(
+        lambda: hrm.init_variables(model, jax.random.key(0), batch_size))
+    opt_state = jax.eval_shape(dense_tx.init, variables["params"])
+    table = jax.ShapeDtypeStruct((cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim),
+                                 jnp.float32)
+    carry = jax.eval_shape(lambda: act.initial_carry(cfg, batch_size))
+    batch = {k: jax.ShapeDtypeStruct((batch_size, cfg.seq_len), jnp.int32)
+             for k in ("inputs", "labels")}
+    batch["puzzle_identifiers"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    return (variables["params"], opt_state, table, variables["buffers"], carry,
+            batch, rng)
+
+  return train_step, abstract_args
+
+
+def measure(cfg: hrm.HRMConfig, batch_size: int) -> dict[str, float]:
+  """Compiles the step (params, optimiser state, table and carry donated)."""
+  train_step, abstract_args = make_train_step(cfg, batch_size)
+  start = time.perf_counter()
+  compiled = jax.jit(train_step, donate_argnums=(0, 1, 2, 4)).lower(
+      *abstract_args()).compile()
+  seconds = time.perf_counter() - start
+  stats = compiled.memory_analysis()
+  if stats is None:
+    raise RuntimeError(f"memory_analysis() is unavailable on {jax.default_backend()}.")
+  return {
+      "temp_mb": stats.temp_size_in_bytes / MB,
+      "argument_mb": stats.argument_size_in_bytes / MB,
+      "output_mb": stats.output_size_in_bytes / MB,
+      "alias_mb": stats.alias_size_in_bytes / MB,
+      "compile_s": seconds,
+  }
+
+
+def main(argv):
+  del argv
+  B = _BATCH.value
+  print(f"backend={jax.default_backend()}  batch={B}  hidden=128  heads=4  "
+        "H_layers=L_layers=2  seq=81(+1 puzzle token)  vocab=11")
+  header = (f"{'dtype':>8} {'gradient':>9} {'N x T':>6} {'N*T':>4} {'temp MB':>9} "
+            f"{'args MB':>8} {'out MB':>7} {'alias MB':>8} {'compile s':>9}")
+  print(header)
+  print("-" * len(header))
+  results = {}
+  for dtype in _DTYPES.value:
+    for mode in ("one_step", "bptt"):
+      for N, T in DEPTHS:
+        cfg = small_config(N, T, dtype)
+        if mode == "bptt":
+          cfg = dataclasses.replace(cfg, one_step_gradient=False)
+        r = measure(cfg, B)
+        results.setdefault(dtype, {}).setdefault(mode, {})[str(N * T)] = r
+        print(f"{dtype:>8} {mode:>9} {f'{N}x{T}':>6} {N * T:>4} {r['temp_mb']:>9.2f} "
+              f"{r['argument_mb']:>8.2f} {r['output_mb']:>7.2f} {r['alias_mb']:>8.2f} "
+              f"{r['compile_s']:>9.1f}", flush=True)
+
+  def summary(dtype):
+    temps = {mode: {k: round(v["temp_mb"], 3) for k, v in results[dtype][mode].items()}
+             for mode in ("one_step", "bptt")}
+    return {
+        "one_step_temp_mb": temps["one_step"],
+        "bptt_temp_mb": temps["bptt"],
+        "one_step_ratio_64_over_4": round(temps["one_step"]["64"] / temps["one_step"]["4"], 3),
+        "bptt_ratio_64_over_4": round(temps["bptt"]["64"] / temps["bptt"]["4"], 3),
+    }
+
+  primary = _DTYPES.value[0]
+  report = {"dtype": primary, "batch_size": B, **summary(primary),
+            "by_dtype": {d: summary(d) for d in _DTYPES.value}}
+  failures = [d for d in _DTYPES.value
+              if report["by_dtype"][d]["one_step_ratio_64_over_4"] > _MAX_RATIO.value]
+  for d in failures:
+    print(f"FAIL ({d}): one-step-gradient temp memory grows "
+          f"{report['by_dtype'][d]['one_step_ratio_64_over_4']}x from N*T=4 to 64 "
+          f"(allowed {_MAX_RATIO.value}x): something of the no-gradient updates is "
+          "kept for the backward pass.")
+  print(json.dumps(report))
+  sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,109 @@
+"""Shared defaults and argument parsing of the experiment files.
+
+Every experiment file exposes `get_config(arg=None)` and `sweep(add)`. The
+argument selects a variant: none = the paper's configuration (accelerators),
+`cpu` = a small model and dataset that learn on a 2-core CPU in minutes,
+`smoke` = seconds, for tests.
+"""
+import ml_collections
+
+from hrm_jax import data
+
+
+def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> str:
+  """'' or None -> 'paper'; anything else must be one of `allowed`."""
+  variant = (arg or "paper").strip()
+  if variant not in ("paper",) + allowed:
+    raise ValueError(f"Unknown config variant {variant!r}; choose one of "
+                     f"{('paper',) + allowed} (e.g. experiments/maze.py:cpu).")
+  return variant
+
+
+def base_config(dataset: str) -> ml_collections.ConfigDict:
+  """The reference's `cfg_pretrain.yaml` + `hrm_v1.yaml` (spec §1.1, §4.4)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds init, the data order and ACT exploration.
+  c.data = data.default_config(dataset)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.puzzle_emb_ndim = 512  # Width of the learned per-puzzle embedding (prefix token).
+  c.model.H_cycles = 2  # N: high-level updates per segment.
+  c.model.L_cycles = 2  # T: low-level updates per high-level update.
+  c.model.H_layers = 4  # Transformer blocks of the H module.
+  c.model.L_layers = 4  # Transformer blocks of the L module.
+  c.model.hidden_size = 512
+  c.model.expansion = 4.0  # SwiGLU width = round(expansion * hidden * 2/3) up to 256s.
+  c.model.num_heads = 8
+  c.model.pos_encodings = "rope"  # or "learned"
+  c.model.rms_norm_eps = 1e-5
+  c.model.rope_theta = 10000.0
+  c.model.halt_max_steps = 16  # M_max: ACT segments at most (always run at eval).
+  c.model.halt_exploration_prob = 0.1  # epsilon: force a random minimum of segments.
+  c.model.forward_dtype = "bfloat16"  # Activations; weights stay float32.
+  c.model.loss_type = "stablemax_cross_entropy"  # or "softmax_cross_entropy"
+  c.model.scan = True  # lax.scan the no-gradient updates (False: Python loop).
+  c.model.one_step_gradient = True  # False: backprop through every update (BPTT).
+
+  c.batch_size = 768  # Global batch, split over processes and devices.
+  c.epochs = 100000  # Reference epochs (one random variant per group each).
+  c.total_steps = -1  # > 0 overrides the step count derived from epochs.
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.lr = 1e-4  # AdamATan2 on all dense weights.
+  c.opt.lr_min_ratio = 1.0  # 1.0: warm-up then constant; < 1: cosine down to lr*ratio.
+  c.opt.lr_warmup_steps = 2000
+  c.opt.beta1 = 0.9
+  c.opt.beta2 = 0.95
+  c.opt.weight_decay = 0.1  # Decoupled, times lr.
+  c.opt.puzzle_emb_lr = 1e-2  # SignSGD on the puzzle-embedding rows of the batch.
+  c.opt.puzzle_emb_weight_decay = 0.1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.type = "exact_match"  # Module in hrm_jax/evaluators/.
+  c.eval.every_epochs = 10000  # The reference's eval_interval.
+  c.eval.every_steps = -1  # > 0 overrides every_epochs.
+  c.eval.batch_size = 768
+  c.eval.max_batches = -1  # >= 0: evaluate only the first batches (quick looks).
+  c.eval.halt_max_steps = -1  # > 0: segments at eval (inference-time scaling).
+  c.eval.adaptive_halting = False  # Halt rows by the Q head instead of running M_max.
+
+  c.mesh = "data:-1,fsdp:1"  # axis:size pairs; one -1 takes the remaining devices.
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every_steps = 2000
+  c.ckpt.max_to_keep = 3
+  c.ckpt.async_save = True
+  c.log_every_steps = 100
+  # > 0: checkpoint and exit cleanly after this step (time-boxed cluster jobs);
+  # rerunning the same command resumes.
+  c.stop_at_step = -1
+  c.enable_x64 = False  # True: float64 stablemax exactly as the reference (slower).
+  return c
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 2,
+                   layers: int = 1) -> None:
+  """A tiny HRM in float32 (bf16 brings no speed on CPUs)."""
+  c.model.hidden_size = hidden
+  c.model.num_heads = heads
+  c.model.puzzle_emb_ndim = hidden
+  c.model.H_layers = layers
+  c.model.L_layers = layers
+  c.model.forward_dtype = "float32"
+  c.mesh = "data:-1,fsdp:1"
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  """Seconds-long runs for tests: a few steps of a minute model on tiny data."""
+  shrink_for_cpu(c, hidden=32, heads=2, layers=1)
+  c.model.H_cycles = 1
+  c.model.L_cycles = 2
+  c.model.halt_max_steps = 2
+  c.batch_size = 16
+  c.total_steps = 4
+  c.opt.lr_warmup_steps = 2
+  c.eval.every_steps = 2
+  c.eval.batch_size = 16
+  c.eval.max_batches = 2
+  c.ckpt.every_steps = 2
+  c.ckpt.async_save = False
+  c.log_every_steps = 1

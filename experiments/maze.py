@@ -1,0 +1,58 @@
+"""Maze-Hard (30x30 mazes, shortest path longer than 110), the paper's Maze run.
+
+Paper scale (default; 8 GPUs in the paper, ~1 h there):
+  python -m hrm_jax.main --config=experiments/maze.py --workdir=/tmp/hrm_maze \
+    --config.data.source=csv:/path/to/maze-30x30-hard-1k
+Expected: eval/exact_accuracy ~0.745 (paper 74.5%).
+Without the CSV files, `source=generate` builds Maze-Hard-like mazes locally.
+
+CPU (2 cores): small mazes with the same charset and rules:
+  python -m hrm_jax.main --config=experiments/maze.py:cpu --workdir=/tmp/hrm_maze_cpu
+"""
+from experiments import common
+
+
+def get_config(arg: str | None = None):
+  variant = common.parse_arg(arg, ("cpu", "smoke"))
+  c = common.base_config("maze")
+  c.epochs = 20000
+  c.eval.every_epochs = 2000
+  c.opt.lr = 1e-4
+  c.opt.puzzle_emb_lr = 1e-4
+  c.opt.weight_decay = 1.0
+  c.opt.puzzle_emb_weight_decay = 1.0
+
+  if variant == "cpu":
+    c.data.grid_size = 7
+    c.data.train_size = 4000
+    c.data.test_size = 512
+    common.shrink_for_cpu(c, hidden=64, heads=2, layers=2)
+    c.model.halt_max_steps = 8
+    c.batch_size = 64
+    c.total_steps = 6000
+    c.opt.lr = 1e-3
+    c.opt.puzzle_emb_lr = 1e-3
+    c.opt.weight_decay = 0.1
+    c.opt.puzzle_emb_weight_decay = 0.1
+    c.opt.lr_warmup_steps = 200
+    c.eval.every_steps = 1000
+    c.eval.batch_size = 256
+    c.ckpt.every_steps = 1000
+    c.log_every_steps = 100
+  elif variant == "smoke":
+    common.smoke(c)
+    c.data.grid_size = 7
+    c.data.train_size = 32
+    c.data.test_size = 32
+  return c
+
+
+def sweep(add):
+  for lr in (5e-5, 1e-4, 2e-4):
+    add(**{"opt.lr": lr, "opt.puzzle_emb_lr": lr})
+  for wd in (0.1, 1.0):
+    add(**{"opt.weight_decay": wd, "opt.puzzle_emb_weight_decay": wd})
+  for cycles in ((2, 2), (2, 4)):
+    add(**{"model.H_cycles": cycles[0], "model.L_cycles": cycles[1]})
+  for steps in (8, 16):
+    add(**{"model.halt_max_steps": steps})
