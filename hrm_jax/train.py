@@ -228,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         scalars["train/epoch"] = sampler.epoch
         writer.write_scalars(step, scalars)
         if jax.process_index() == 0:
-          logging.info(progress.report(step, scalars))
+          progress.report(step, scalars)  # logs the progress line
         sums, sums_steps = {}, 0
 
       if step % eval_every == 0 or is_last:

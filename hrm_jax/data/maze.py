@@ -36,6 +36,7 @@ from hrm_jax.data.errors import where
 CHARSET = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 VOCAB_SIZE = len(CHARSET) + 1
+DEFAULT_TEST_SIZE = 1000  # Generated test mazes when test_size is -1.
 # Default `min_path_length` per side when the config says -1.
 DEFAULT_MIN_PATH_LENGTH = {7: 8, 9: 12, 11: 18, 30: 110}
 _LUT = np.zeros(256, np.uint8)
@@ -257,14 +258,18 @@ def _fetch_hf(repo_id: str, filename: str) -> str:
 def plan(cfg, progress=print) -> puzzles.DatasetPlan:
   """Reads or generates the mazes; dihedral variants are made lazily."""
   size, source = cfg.grid_size, cfg.source
-  if source.startswith(("csv:", "hf:")):
+  from_csv = source.startswith(("csv:", "hf:"))
+  sizes = {"train": cfg.train_size,
+           "test": cfg.test_size if cfg.test_size >= 0 else
+                   (0 if from_csv else DEFAULT_TEST_SIZE)}
+  if from_csv:
     if source.startswith("csv:"):
       root = os.path.expanduser(source[len("csv:"):])
       paths = {s: os.path.join(root, f"{s}.csv") for s in ("train", "test")}
     else:
       paths = {s: _fetch_hf(source[len("hf:"):], f"{s}.csv")
                for s in ("train", "test")}
-    data = {s: read_csv(paths[s], size, getattr(cfg, f"{s}_size"), cfg.seed, s)
+    data = {s: read_csv(paths[s], size, sizes[s], cfg.seed, s)
             for s in ("train", "test")}
   elif source == "generate":
     min_len = cfg.min_path_length
@@ -272,9 +277,9 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
       min_len = DEFAULT_MIN_PATH_LENGTH.get(size, 2 * size)
     data = {}
     for s in ("train", "test"):
-      progress(f"generating {getattr(cfg, f'{s}_size')} {size}x{size} mazes "
+      progress(f"generating {sizes[s]} {size}x{size} mazes "
                f"({s}, path > {min_len})")
-      data[s] = generate(size, getattr(cfg, f"{s}_size"), min_len,
+      data[s] = generate(size, sizes[s], min_len,
                          cfg.loop_fraction, cfg.seed, s)[:2]
   else:
     raise DataError(f"unknown maze source {source!r}; use 'generate', "

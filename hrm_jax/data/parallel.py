@@ -2,8 +2,8 @@
 
 Generators call `ordered_map` with job ids 0, 1, 2, ... and keep the first
 results that pass a filter. Because each job seeds itself from its id, the
-output is identical for any number of workers. Workers are started with
-"spawn": forking a process that already runs JAX threads can deadlock.
+output is identical for any number of workers. Workers are forked, or
+spawned once JAX is imported (forking JAX's threads can deadlock).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
+import logging
 import multiprocessing
 import os
+import sys
 from typing import Callable, Iterator
 
 
@@ -26,19 +28,43 @@ def ordered_map(fn: Callable, args: Iterator, num_workers: int,
 
   Consumes `args` lazily (a bounded window of chunks is in flight), so an
   infinite iterator is fine; stop iterating the result to stop the work.
-  `fn` must be a picklable top-level function.
+  `fn` must be a picklable top-level function. If the worker pool cannot
+  start (e.g. "spawn" from a script without an `if __name__ == "__main__"`
+  guard), the work runs in this process instead: same results, slower.
   """
+  args = iter(args)
   if num_workers <= 1:
     yield from map(fn, args)
     return
-  ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as ex:
+  replay = []  # Arguments handed out before the first result came back.
+  started = False
+  try:
+    for result in _pool_map(fn, args, num_workers, chunk, replay):
+      started = True
+      yield result
+  except concurrent.futures.process.BrokenProcessPool:
+    if started:
+      raise
+    logging.warning("hrm_jax.data: worker processes failed to start; "
+                    "generating in this process (same output, slower).")
+    yield from map(fn, itertools.chain(replay, args))
+
+
+def _context():
+  # Forking a process that runs JAX's threads can deadlock; spawn then.
+  return multiprocessing.get_context("spawn" if "jax" in sys.modules
+                                     else "fork")
+
+
+def _pool_map(fn, args, num_workers, chunk, replay):
+  with concurrent.futures.ProcessPoolExecutor(
+      num_workers, mp_context=_context()) as ex:
     window = collections.deque()
-    args = iter(args)
 
     def submit():
       batch = list(itertools.islice(args, chunk))
       if batch:
+        replay.extend(batch)
         window.append(ex.submit(_run_chunk, fn, batch))
 
     for _ in range(2 * num_workers):
@@ -46,6 +72,7 @@ def ordered_map(fn: Callable, args: Iterator, num_workers: int,
     try:
       while window:
         results = window.popleft().result()
+        replay.clear()  # Only needed until the pool has proven it works.
         submit()
         yield from results
     finally:

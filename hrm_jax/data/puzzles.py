@@ -137,6 +137,6 @@ def split_from_groups(groups: Iterable[Group], common: dict,
 
 def single_example_groups(inputs_NxS: np.ndarray,
                           labels_NxS: np.ndarray) -> Iterator[Group]:
-  """One group per row with a single blank-id puzzle (Sudoku/Maze test split)."""
+  """One group per row, one blank-id puzzle each (Sudoku/Maze style)."""
   for x, y in zip(inputs_NxS, labels_NxS):
     yield Group(x[None], y[None], np.zeros(1, np.int32), np.ones(1, np.int32))

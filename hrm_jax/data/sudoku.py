@@ -35,6 +35,12 @@ from hrm_jax.data.errors import DataError
 from hrm_jax.data.errors import where
 
 
+DEFAULT_TEST_SIZE = 1000  # Generated test puzzles when test_size is -1.
+# Generator's min_rating when the config says -1, for minimal 9x9 puzzles
+# only (small or partly blank boards are rarely "hard" for any solver).
+DEFAULT_HARD_RATING = 20
+
+
 def vocab_size(n: int) -> int:
   return n + 2
 
@@ -225,16 +231,23 @@ def generate(n: int, count: int, seed: int, tag: str, num_blanks: int = 0,
   Returns (puzzles [count,n,n], solutions, ratings), identical for any
   `num_workers`.
   """
+  max_candidates = 100 * count + 1000
   jobs = ((n, num_blanks, seeding.seed_words(seed, "sudoku", tag, k))
-          for k in range(10**12))
+          for k in range(max_candidates))
   out = []
-  for result in parallel.ordered_map(_generate_one, jobs, num_workers):
-    if result is not None and result[2] >= min_rating:
-      out.append(result)
-      if progress and len(out) % 1000 == 0:
-        progress(f"sudoku {tag}: {len(out)}/{count} puzzles")
-      if len(out) == count:
-        break
+  if count > 0:
+    for result in parallel.ordered_map(_generate_one, jobs, num_workers):
+      if result is not None and result[2] >= min_rating:
+        out.append(result)
+        if progress and len(out) % 1000 == 0:
+          progress(f"sudoku {tag}: {len(out)}/{count} puzzles")
+        if len(out) == count:
+          break
+  if len(out) < count:
+    raise DataError(f"only {len(out)} of {count} {n}x{n} puzzles met "
+                    f"rating >= {min_rating} with {num_blanks or 'minimal'} "
+                    f"blanks in {max_candidates} tries; lower min_rating or "
+                    "num_blanks")
   if not out:
     z = np.zeros((0, n, n), np.int8)
     return z, z.copy(), np.zeros(0, np.int64)
@@ -259,7 +272,14 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
   """Reads or generates the raw puzzles; groups are augmented lazily."""
   source = cfg.source
   n = cfg.board_size
-  if source.startswith(("csv:", "hf:")):
+  from_csv = source.startswith(("csv:", "hf:"))
+  # -1 = the source's default (see config.py).
+  test_size = cfg.test_size if cfg.test_size >= 0 else (0 if from_csv else
+                                                        DEFAULT_TEST_SIZE)
+  min_rating = cfg.min_rating if cfg.min_rating >= 0 else (
+      DEFAULT_HARD_RATING if not from_csv and n == 9 and not cfg.num_blanks
+      else 0)
+  if from_csv:
     if n != 9:
       raise DataError(f"CSV Sudoku sources are 9x9; board_size is {n}")
     if source.startswith("csv:"):
@@ -269,19 +289,20 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
       paths = {s: _fetch_hf(source[len("hf:"):], f"{s}.csv")
                for s in ("train", "test")}
     progress(f"reading {paths['train']}")
-    train = _read_csv(paths["train"], n, cfg.train_size, cfg.min_rating,
+    train = _read_csv(paths["train"], n, cfg.train_size, min_rating,
                       cfg.seed, "train")
     progress(f"reading {paths['test']}")
-    test = _read_csv(paths["test"], n, cfg.test_size, 0, cfg.seed, "test")
+    test = _read_csv(paths["test"], n, test_size, 0, cfg.seed, "test")
   elif source == "generate":
     gen = functools.partial(generate, n, seed=cfg.seed,
                             num_blanks=cfg.num_blanks,
-                            min_rating=cfg.min_rating,
+                            min_rating=min_rating,
                             num_workers=cfg.num_workers or
                             parallel.default_workers(), progress=progress)
-    progress(f"generating {cfg.train_size}+{cfg.test_size} {n}x{n} Sudoku")
+    progress(f"generating {cfg.train_size}+{test_size} {n}x{n} Sudoku "
+             f"(rating >= {min_rating})")
     train = gen(cfg.train_size, tag="train")[:2]
-    test = gen(cfg.test_size, tag="test")[:2]
+    test = gen(test_size, tag="test")[:2]
   else:
     raise DataError(f"unknown Sudoku source {source!r}; use 'generate', "
                     "'csv:<dir>', 'hf:<repo>' or 'npy:<dir>'")

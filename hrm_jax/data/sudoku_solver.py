@@ -48,7 +48,8 @@ def geometry_for(n: int) -> Geometry:
   """The box shape of an n x n board: 4 -> 2x2, 6 -> 2x3, 9 -> 3x3."""
   shapes = {4: (2, 2), 6: (2, 3), 9: (3, 3), 16: (4, 4)}
   if n not in shapes:
-    raise ValueError(f"unsupported Sudoku size {n}; use one of {sorted(shapes)}")
+    raise ValueError(f"unsupported Sudoku size {n}; use one of "
+                     f"{sorted(shapes)}")
   return Geometry(*shapes[n])
 
 

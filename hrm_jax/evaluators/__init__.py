@@ -1,0 +1,1 @@
+"""Evaluator plug-ins: hrm_jax.evaluators.<type>.Evaluator, chosen by config."""

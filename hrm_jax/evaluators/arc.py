@@ -1,0 +1,172 @@
+"""ARC scoring: undo each variant's augmentation, vote, report pass@K.
+
+Reference `arc_eval.ipynb` (spec §6.2): every test row's argmax prediction is
+cropped at the EOS border (largest top-left all-colour rectangle), mapped
+back through the inverse dihedral transform and the inverse colour map of its
+variant, and counted as one vote for that grid for its (task, test input).
+Candidates rank by vote count, ties by mean sigmoid(q_halt). A task scores at
+K only if *every* one of its test inputs has the true output in the top K.
+Deviation: predictions that crop to an empty grid cast no vote (they can
+never be right, and would otherwise take a submission slot).
+
+`ArcVoter` accumulates batches; `Evaluator` adapts it to the trainer's
+evaluator plug-in interface (`hrm_jax.evaluators.<type>.Evaluator`).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from hrm_jax.data import arc as arc_data
+from hrm_jax.data import puzzles
+from hrm_jax.evaluators import exact_match
+
+PASS_AT = (1, 2, 5, 10, 100, 1000)
+
+
+def _key(grid: np.ndarray) -> bytes:
+  return hashlib.sha256(np.asarray(grid.shape, np.int32).tobytes() +
+                        np.ascontiguousarray(grid, np.int8).tobytes()).digest()
+
+
+class ArcVoter:
+  """Votes over the augmented variants of an ARC test split."""
+
+  def __init__(self, split_info: puzzles.PuzzleSplit):
+    split = split_info
+    names = [arc_data.parse_name(n) for n in split.identifiers]
+    self._names = names
+    sizes = np.diff(split.puzzle_indices)
+    example_puzzle = np.repeat(np.arange(len(sizes)), sizes)
+    self._example_pid = split.puzzle_identifiers[example_puzzle]
+    self._example_k = (np.arange(split.num_examples) -
+                       split.puzzle_indices[example_puzzle])
+    # Ground truth from the non-augmented puzzles (identity names).
+    self._truth: dict[str, dict[int, np.ndarray]] = collections.defaultdict(
+        dict)
+    self._inputs: dict[tuple[str, bytes], int] = {}
+    for p, pid in enumerate(split.puzzle_identifiers.tolist()):
+      name = split.identifiers[pid]
+      task = names[pid][0]
+      if name != task:
+        continue
+      for k in range(int(sizes[p])):
+        e = int(split.puzzle_indices[p]) + k
+        self._truth[task][k] = arc_data.crop(split.labels[e])
+        self._inputs[(task, _key(arc_data.crop(split.inputs[e])))] = k
+    # votes[(task, k)][grid key] = [count, sum of sigmoid(q_halt), grid]
+    self._votes = collections.defaultdict(dict)
+    self.unmatched_rows = 0
+
+  def add(self, puzzle_identifiers_B, example_index_or_inputs,
+          predictions_BxS, q_halt_logits_B) -> None:
+    """Adds one batch. The second argument is either example indices [B]
+    (from `eval_batches`; -1 = padding) or the input tokens [B, S]; rows
+    with puzzle id 0 (padding) are ignored."""
+    ids = np.asarray(puzzle_identifiers_B).reshape(-1)
+    second = np.asarray(example_index_or_inputs)
+    preds = np.asarray(predictions_BxS).reshape(len(ids), -1)
+    conf = 1.0 / (1.0 + np.exp(-np.asarray(q_halt_logits_B, np.float64)))
+    for i, pid in enumerate(ids.tolist()):
+      if pid == puzzles.BLANK_IDENTIFIER_ID:
+        continue
+      task, t, cmap = self._names[pid]
+      if second.ndim == 1:
+        e = int(second[i])
+        if e < 0:
+          continue
+        k = int(self._example_k[e])
+      else:
+        raw = arc_data.invert_grid(arc_data.crop(second[i]), t, cmap)
+        k = self._inputs.get((task, _key(raw)))
+        if k is None:
+          self.unmatched_rows += 1
+          continue
+      grid = arc_data.crop(preds[i])
+      if grid.size == 0:
+        continue
+      grid = arc_data.invert_grid(grid, t, cmap)
+      slot = self._votes[(task, k)].setdefault(_key(grid), [0, 0.0, grid])
+      slot[0] += 1
+      slot[1] += float(conf[i])
+
+  def ranked(self, task: str, k: int) -> list[np.ndarray]:
+    """Candidate grids for test input k of task, best first."""
+    slots = self._votes.get((task, k), {}).values()
+    order = sorted(slots, key=lambda s: (s[0], s[1] / s[0]), reverse=True)
+    return [s[2] for s in order]
+
+  def finalize(self) -> dict[str, float]:
+    """pass@K over all tasks with ground truth (fraction in [0, 1])."""
+    passed = {k: 0 for k in PASS_AT}
+    for task, truths in self._truth.items():
+      worst = 0  # Worst rank of a true answer over the task's test inputs.
+      for k, truth in truths.items():
+        keys = [_key(g) for g in self.ranked(task, k)]
+        rank = keys.index(_key(truth)) if _key(truth) in keys else np.inf
+        worst = max(worst, rank)
+      for at in PASS_AT:
+        passed[at] += worst < at
+    num = max(1, len(self._truth))
+    out = {f"pass@{at}": passed[at] / num for at in PASS_AT}
+    out["num_tasks"] = float(len(self._truth))
+    out["num_votes"] = float(sum(s[0] for v in self._votes.values()
+                                 for s in v.values()))
+    return out
+
+  def submission(self) -> dict:
+    """Kaggle ARC Prize format: task -> [{"attempt_1", "attempt_2"}, ...]."""
+    out = {}
+    for task in sorted(self._truth):
+      attempts = []
+      for k in sorted(self._truth[task]):
+        ranked = [g.tolist() for g in self.ranked(task, k)[:2]] or [[[0]]]
+        attempts.append({"attempt_1": ranked[0],
+                         "attempt_2": ranked[1 if len(ranked) > 1 else 0]})
+      out[task] = attempts
+    return out
+
+  def write_submission(self, path) -> None:
+    path = os.fspath(path)
+    if os.path.dirname(path):
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(self.submission(), f)
+
+
+class Evaluator:
+  """Trainer plug-in: exact-match metrics plus ARC voting and pass@K.
+
+  Writes `<workdir>/arc_submission.json` on process 0 after each evaluation.
+  """
+  needs_rows = True
+
+  def __init__(self, split, eval_cfg, workdir):
+    self._split = split
+    self._workdir = workdir
+    self._metrics = exact_match.Evaluator(split, eval_cfg, workdir)
+    self._voter = ArcVoter(split)
+
+  def reset(self) -> None:
+    self._metrics.reset()
+    self._voter = ArcVoter(self._split)
+
+  def add(self, metric_sums, rows) -> None:
+    self._metrics.add(metric_sums, None)
+    self._voter.add(rows["puzzle_identifiers"], rows["example_index"],
+                    rows["predictions"], rows["q_halt_logits"])
+
+  def result(self) -> dict[str, float]:
+    out = dict(self._metrics.result())
+    out.update({f"arc/{k}": v for k, v in self._voter.finalize().items()})
+    if self._workdir is not None:
+      import jax  # pylint: disable=g-import-not-at-top
+      if jax.process_index() == 0:
+        self._voter.write_submission(
+            os.path.join(os.fspath(self._workdir), "arc_submission.json"))
+    return out
