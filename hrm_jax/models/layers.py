@@ -16,6 +16,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -48,16 +49,26 @@ def _matmul(x: Array, w: Array) -> Array:
 
 
 class CastedDense(nn.Module):
-  """Linear layer: float32 kernel [in, out], computed in the input's dtype."""
+  """Linear layer: float32 kernel [in, out], computed in the input's dtype.
+
+  `num_splits` > 1 returns that many outputs from equal column blocks of one
+  fused kernel (qkv, gate/up): the parameter keeps the reference's fused layout
+  while the compute slices the small kernel instead of the large activation, so
+  the backward pass concatenates weight gradients instead of padding activations.
+  """
   features: int
   use_bias: bool = False
   kernel_init: Initializer = lecun_truncated_normal
   bias_init: Initializer = nn.initializers.zeros
+  num_splits: int = 1
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array):
     kernel = self.param("kernel", self.kernel_init,
                         (x.shape[-1], self.features), jnp.float32)
+    if self.num_splits > 1:
+      assert not self.use_bias
+      return tuple(_matmul(x, k) for k in jnp.split(kernel, self.num_splits, axis=1))
     y = _matmul(x, kernel)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
@@ -87,19 +98,29 @@ def rms_norm(x: Array, eps: float) -> Array:
 
 
 def rope_cos_sin(num_positions: int, head_dim: int,
-                 theta: float) -> tuple[Array, Array]:
-  """float32 cos/sin tables [L, K] in the rotate-half (GPT-NeoX) layout."""
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  freqs_LxK2 = jnp.outer(jnp.arange(num_positions, dtype=jnp.float32), inv_freq)
-  emb_LxK = jnp.concatenate([freqs_LxK2, freqs_LxK2], axis=-1)
-  return jnp.cos(emb_LxK), jnp.sin(emb_LxK)
+                 theta: float) -> tuple[np.ndarray, np.ndarray]:
+  """float32 cos/sin tables [L, K] in the rotate-half (GPT-NeoX) layout.
+
+  Computed with NumPy so that they enter the program as constants: as traced
+  values XLA may fuse the cosine into every consumer and evaluate it per element.
+  """
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  freqs_LxK2 = np.outer(np.arange(num_positions, dtype=np.float32), inv_freq)
+  emb_LxK = np.concatenate([freqs_LxK2, freqs_LxK2], axis=-1)
+  return np.cos(emb_LxK).astype(np.float32), np.sin(emb_LxK).astype(np.float32)
 
 
-def apply_rope(x_BxLxHxK: Array, cos_LxK: Array, sin_LxK: Array) -> Array:
-  """Rotates q or k in float32 (rotate-half convention), back to its dtype."""
+def apply_rope(x_BxLxHxK: Array, cos_LxK, sin_LxK) -> Array:
+  """Rotates q or k in float32 (rotate-half convention), back to its dtype.
+
+  rotate_half(x) = concat(-x2, x1) is written as a flip of the two halves times
+  a sign, whose gradient is again a flip (slicing would back-propagate as pads).
+  """
   x = x_BxLxHxK.astype(jnp.float32)
-  half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  *lead, K = x.shape
+  halves = x.reshape(*lead, 2, K // 2)
+  sign = np.array([[-1.0], [1.0]], np.float32)
+  rotated = (jnp.flip(halves, axis=-2) * sign).reshape(x.shape)
   cos, sin = cos_LxK[:, None, :], sin_LxK[:, None, :]
   return (x * cos + rotated * sin).astype(x_BxLxHxK.dtype)
 
@@ -116,11 +137,11 @@ class Attention(nn.Module):
     B, L, D = x_BxLxD.shape
     H = self.num_heads
     K = D // H
-    # Output columns: Q heads, then K heads, then V heads, each head contiguous.
-    qkv_BxLx3HxK = CastedDense(3 * D, name="qkv_proj")(x_BxLxD).reshape(B, L, 3 * H, K)
-    q_BxLxHxK = qkv_BxLx3HxK[:, :, :H]
-    k_BxLxHxK = qkv_BxLx3HxK[:, :, H:2 * H]
-    v_BxLxHxK = qkv_BxLx3HxK[:, :, 2 * H:]
+    # Kernel columns: Q heads, then K heads, then V heads, each head contiguous.
+    q_BxLxD, k_BxLxD, v_BxLxD = CastedDense(3 * D, num_splits=3, name="qkv_proj")(x_BxLxD)
+    q_BxLxHxK = q_BxLxD.reshape(B, L, H, K)
+    k_BxLxHxK = k_BxLxD.reshape(B, L, H, K)
+    v_BxLxHxK = v_BxLxD.reshape(B, L, H, K)
     if cos_sin is not None:
       q_BxLxHxK = apply_rope(q_BxLxHxK, *cos_sin)
       k_BxLxHxK = apply_rope(k_BxLxHxK, *cos_sin)
@@ -147,8 +168,7 @@ class SwiGLU(nn.Module):
   def __call__(self, x_BxLxD: Array) -> Array:
     D = x_BxLxD.shape[-1]
     F = swiglu_width(D, self.expansion)
-    gate_up_BxLx2F = CastedDense(2 * F, name="gate_up_proj")(x_BxLxD)
-    gate_BxLxF, up_BxLxF = jnp.split(gate_up_BxLx2F, 2, axis=-1)
+    gate_BxLxF, up_BxLxF = CastedDense(2 * F, num_splits=2, name="gate_up_proj")(x_BxLxD)
     # silu in float32 then rounded, like PyTorch's bf16 kernel.
     act_BxLxF = jax.nn.silu(gate_BxLxF.astype(jnp.float32)).astype(x_BxLxD.dtype)
     return CastedDense(D, name="down_proj")(act_BxLxF * up_BxLxF)

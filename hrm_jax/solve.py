@@ -1,0 +1,499 @@
+"""Solve one puzzle from the command line with a trained (or converted) HRM.
+
+    python -m hrm_jax.solve --workdir=DIR --sudoku=53..7....6..195....
+    python -m hrm_jax.solve --workdir=DIR --maze=maze.txt --adaptive
+    python -m hrm_jax.solve --converted=DIR --identifiers=identifiers.json \
+        --arc=00576224.json --json
+
+--workdir loads the newest checkpoint of one of our runs; --converted a
+`hrm_jax.convert` output of an official PyTorch checkpoint. The puzzle:
+
+  --sudoku  81 characters row by row ('.' or '0' blank); 16 or 36 for models
+            trained on 4x4 or 6x6 boards. Whitespace is ignored.
+  --maze    a text file of square rows over "# SGo" minus 'o' (wall, open,
+            start, goal), exactly one S and one G.
+  --arc     an ARC task JSON; every test input is solved. A test pair may
+            omit "output" (then correctness is not reported).
+
+Segments: by default all --halt_max_steps (the model's value unless given;
+more is the paper's inference-time scaling); with --adaptive each puzzle
+stops when its Q head says halt. The Q-halt confidence printed is
+sigmoid(q_halt) of the last segment run.
+
+ARC: an HRM knows a task only through its learned puzzle embedding, trained
+on the task's demonstration pairs; the demonstrations in the JSON are not
+read at inference. When the task id (the file name) is among the model's
+puzzle identifiers, every augmented variant the model was trained with is
+run, mapped back and voted on, as in the paper's evaluation; otherwise the
+blank embedding (id 0) is used and the output says so.
+
+Bad input exits with status 1 and a one-line message naming the problem;
+--json prints the result as one JSON object on stdout.
+"""
+# pylint: disable=invalid-name
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging as std_logging
+import os
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from hrm_jax import inference
+from hrm_jax.data import arc as arc_data
+from hrm_jax.data import errors
+from hrm_jax.data import maze as maze_data
+from hrm_jax.data import sudoku as sudoku_data
+from hrm_jax.data import sudoku_solver
+
+SolveError = inference.InferenceError
+
+# ------------------------------------------------------------ input parsing
+
+
+def parse_sudoku(text: str) -> np.ndarray:
+  """Row-major board text -> int8 [n, n] digits (0 = blank).
+
+  Raises:
+    SolveError: wrong length, bad character, or givens that break the rules.
+  """
+  cells = "".join(text.split())
+  side = inference.sudoku_side(len(cells))
+  if side is None:
+    raise SolveError(
+        f"--sudoku has {len(cells)} characters; expected 81 (9x9), 36 (6x6) or "
+        "16 (4x4) cells, row by row, '.' or '0' for blanks.")
+  try:
+    board = sudoku_data.parse_board(cells, side, path="--sudoku")
+  except errors.DataError as e:
+    raise SolveError(str(e).replace("--sudoku row 1: ", "--sudoku: ")) from None
+  if not np.any(board == 0):
+    raise SolveError("--sudoku has no blank cell: nothing to solve.")
+  clash = _given_clash(board)
+  if clash:
+    raise SolveError(f"--sudoku breaks the rules: {clash}.")
+  if sudoku_solver.count_solutions(board, limit=1) == 0:
+    raise SolveError("--sudoku has no solution (the givens are consistent cell by "
+                     "cell but cannot be completed).")
+  return board
+
+
+def _given_clash(board: np.ndarray) -> str | None:
+  """"row 2 repeats 5" for the first unit repeating a given digit, else None."""
+  n = board.shape[0]
+  geo = sudoku_solver.geometry_for(n)
+  stacks = n // geo.box_cols  # boxes per band
+  units = [(f"row {r + 1}", board[r]) for r in range(n)]
+  units += [(f"column {c + 1}", board[:, c]) for c in range(n)]
+  for b in range(n):
+    band, stack = divmod(b, stacks)
+    units.append((f"box {b + 1}",
+                  board[band * geo.box_rows:(band + 1) * geo.box_rows,
+                        stack * geo.box_cols:(stack + 1) * geo.box_cols]))
+  for name, unit in units:
+    digits, counts = np.unique(unit[unit > 0], return_counts=True)
+    if np.any(counts > 1):
+      return f"{name} repeats {digits[counts.argmax()]}"
+  return None
+
+
+def parse_maze(path: str) -> np.ndarray:
+  """A maze text file -> uint8 [N, N] tokens (one S, one G, square).
+
+  Raises:
+    SolveError: missing file, ragged or non-square rows, bad characters, not
+      exactly one S and one G, a G that S cannot reach, or 'o' cells.
+  """
+  if not os.path.isfile(path):
+    raise SolveError(f"--maze file {path!r} not found.")
+  with open(path, encoding="utf-8", errors="replace") as f:
+    rows = f.read().splitlines()
+  while rows and not rows[-1].strip():  # trailing blank lines are not rows
+    rows.pop()
+  if not rows:
+    raise SolveError(f"--maze file {path!r} is empty.")
+  widths = sorted({len(r) for r in rows})
+  if len(widths) != 1:
+    short = min(range(len(rows)), key=lambda i: (len(rows[i]) == len(rows[0]), i))
+    raise SolveError(f"--maze {path!r}: ragged rows (lengths {widths}; e.g. row "
+                     f"{short + 1} has {len(rows[short])} characters, row 1 has "
+                     f"{len(rows[0])}); every row must be equally long.")
+  if widths[0] != len(rows):
+    raise SolveError(f"--maze {path!r}: {len(rows)} rows of {widths[0]} characters; "
+                     "the maze must be square.")
+  tokens = []
+  for i, row in enumerate(rows):
+    try:
+      tokens.append(maze_data.encode(row))
+    except errors.DataError as e:
+      raise SolveError(f"--maze {path!r} row {i + 1}: {e}") from None
+  grid = np.stack(tokens)
+  if np.any(grid == maze_data.PATH):
+    raise SolveError(f"--maze {path!r} already has 'o' path cells; give the maze "
+                     "without a path.")
+  try:
+    maze_data.shortest_path_label(grid)  # checks one S, one G, G reachable
+  except errors.DataError as e:
+    raise SolveError(f"--maze {path!r}: {e}.") from None
+  return grid
+
+
+def parse_arc(path: str) -> tuple[arc_data.Task, list[bool]]:
+  """An ARC task file -> (task, whether each test pair came with an output).
+
+  The task id is the file name without .json (ARC's convention), which is how
+  the task's puzzle identifiers are named.
+  """
+  if not os.path.isfile(path):
+    raise SolveError(f"--arc file {path!r} not found.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise SolveError(f"--arc {path!r} is not valid JSON: {e}") from None
+  has_output = []
+  if isinstance(obj, dict) and isinstance(obj.get("test"), list):
+    obj = dict(obj, test=list(obj["test"]))
+    for i, pair in enumerate(obj["test"]):
+      known = isinstance(pair, dict) and "output" in pair
+      has_output.append(known)
+      if isinstance(pair, dict) and not known and "input" in pair:
+        # Validated like any grid; never used as an answer.
+        obj["test"][i] = dict(pair, output=pair["input"])
+  task_id = os.path.splitext(os.path.basename(path))[0]
+  try:
+    task = arc_data.parse_task(obj, task_id, "", f"--arc {path!r}")
+  except errors.DataError as e:
+    raise SolveError(str(e)) from None
+  if not task.test:
+    raise SolveError(f"--arc {path!r} has no test inputs to solve.")
+  return task, has_output
+
+
+# ------------------------------------------------------------------ solving
+
+
+def _halting(adaptive: bool, used: int, M: int) -> str:
+  if adaptive:
+    return f"adaptive: the Q head halted after {used} of at most {M} segments"
+  return f"fixed: all {M} segments (no --adaptive)"
+
+
+def _common(loaded: inference.Loaded, M: int, adaptive: bool) -> dict[str, Any]:
+  return {"model": loaded.source, "checkpoint_step": loaded.step,
+          "halt_max_steps": M, "adaptive_halting": adaptive}
+
+
+def solve_sudoku(loaded: inference.Loaded, board: np.ndarray, M: int,
+                 adaptive: bool) -> dict[str, Any]:
+  """Runs the model on one board and checks the answer against the rules."""
+  n = board.shape[0]
+  inference.check_compatible(loaded, "sudoku", n * n)
+  out = inference.predict(loaded, sudoku_data.encode(board)[None], np.zeros(1),
+                          halt_max_steps=M, adaptive=adaptive)
+  tokens = out["predictions"][0]
+  # Token d+1 is digit d; anything below 2 (PAD, blank) is not an answer.
+  solution = np.where(tokens >= 2, tokens.astype(np.int16) - 1, 0).astype(np.int8)
+  solution = solution.reshape(n, n)
+  if np.any(solution == 0):
+    r, c = (int(v) for v in np.argwhere(solution == 0)[0])
+    problem = (f"{int(np.sum(solution == 0))} cell(s) are not digits (first at row "
+               f"{r + 1}, column {c + 1})")
+  else:
+    problem = sudoku_data.solution_problem(board, solution)
+  used = int(out["steps"][0])
+  return dict(
+      _common(loaded, M, adaptive), puzzle="sudoku", size=f"{n}x{n}",
+      input=board.tolist(), solution=solution.tolist(), valid=problem is None,
+      problem=problem,
+      unique_solution=sudoku_solver.count_solutions(board) == 1,
+      segments=used, halting=_halting(adaptive, used, M),
+      q_halt_confidence=float(out["q_halt_confidence"][0]), notes=[])
+
+
+def solve_maze(loaded: inference.Loaded, grid: np.ndarray, M: int,
+               adaptive: bool) -> dict[str, Any]:
+  """Runs the model on one maze and checks that its path joins S and G."""
+  inference.check_compatible(loaded, "maze", grid.size)
+  out = inference.predict(loaded, grid.reshape(1, -1), np.zeros(1),
+                          halt_max_steps=M, adaptive=adaptive)
+  answer = out["predictions"][0].reshape(grid.shape)
+  in_range = np.all((answer >= 1) & (answer <= len(maze_data.CHARSET)))
+  problem = (None if in_range else "the model output PAD tokens") or \
+      inference.maze_path_problem(grid, answer)
+  shortest = problem is None and inference.maze_path_is_shortest(grid, answer)
+  rows = [maze_data.decode(np.clip(r, 1, len(maze_data.CHARSET))) for r in answer]
+  used = int(out["steps"][0])
+  return dict(
+      _common(loaded, M, adaptive), puzzle="maze", size=f"{grid.shape[0]}x{grid.shape[1]}",
+      input=[maze_data.decode(r) for r in grid], solution=rows, valid=problem is None,
+      problem=problem, shortest=bool(shortest),
+      path_cells=int(np.sum(answer == maze_data.PATH)),
+      segments=used, halting=_halting(adaptive, used, M),
+      q_halt_confidence=float(out["q_halt_confidence"][0]), notes=[])
+
+
+def _arc_variants(loaded: inference.Loaded, task_id: str,
+                  max_variants: int) -> tuple[list[tuple[int, int, np.ndarray]], list[str]]:
+  """(puzzle id, dihedral t, colour map) per variant to run, and notes."""
+  names = loaded.identifiers
+  if names is None:
+    return [(0, 0, np.arange(10))], [
+        "The model's puzzle identifiers are unknown (converted checkpoint without "
+        "--identifiers), so the blank puzzle embedding (id 0) was used: the model "
+        "gets no information about this task and the answer is very likely wrong. "
+        "Pass --identifiers=<the training dataset's identifiers.json>."]
+  variants = []
+  for pid, name in enumerate(names):
+    task, t, cmap = arc_data.parse_name(name)
+    if task == task_id and pid != 0:
+      variants.append((pid, t, cmap))
+  if not variants:
+    return [(0, 0, np.arange(10))], [
+        f"Task {task_id!r} (the file name) is not among the model's "
+        f"{len(names)} puzzle identifiers, so the blank puzzle embedding (id 0) was "
+        "used. HRM learns one embedding per task from its demonstration pairs "
+        "during training and does not read them at inference, so for an unseen "
+        "task the answer is very likely wrong."]
+  notes = [f"Task {task_id!r} is known to the model: voted over "
+           f"{min(len(variants), max_variants or len(variants))} of its "
+           f"{len(variants)} augmented variants."]
+  if max_variants > 0:
+    variants = variants[:max_variants]  # the original comes first (lowest id)
+  return variants, notes
+
+
+def _grid_key(grid: np.ndarray) -> bytes:
+  return hashlib.sha256(np.asarray(grid.shape, np.int32).tobytes() +
+                        np.ascontiguousarray(grid, np.int8).tobytes()).digest()
+
+
+def solve_arc(loaded: inference.Loaded, task: arc_data.Task, has_output: list[bool],
+              M: int, adaptive: bool, max_variants: int = 0,
+              batch_size: int = 64) -> dict[str, Any]:
+  """Every test input through every known variant; votes give two attempts."""
+  inference.check_compatible(loaded, "arc", arc_data.SEQ_LEN)
+  variants, notes = _arc_variants(loaded, task.task_id, max_variants)
+  jobs = [(k, v) for k in range(len(task.test)) for v in variants]
+  rows = [arc_data.encode_grid(arc_data.augment_grid(task.test[k][0], t, cmap))
+          for k, (_, t, cmap) in jobs]
+  ids = [pid for _, (pid, _, _) in jobs]
+  preds, steps_used, conf = [], [], []
+  for start in range(0, len(rows), batch_size):
+    chunk_x = np.stack(rows[start:start + batch_size])
+    chunk_id = np.asarray(ids[start:start + batch_size])
+    pad = min(batch_size, len(rows)) - len(chunk_x)  # one shape, one compile
+    chunk_x = np.concatenate([chunk_x, np.zeros((pad, chunk_x.shape[1]), np.uint8)])
+    chunk_id = np.concatenate([chunk_id, np.zeros(pad, np.int64)])
+    out = inference.predict(loaded, chunk_x, chunk_id, halt_max_steps=M,
+                            adaptive=adaptive)
+    keep = len(chunk_x) - pad
+    preds.extend(out["predictions"][:keep])
+    steps_used.extend(out["steps"][:keep].tolist())
+    conf.extend(out["q_halt_confidence"][:keep].tolist())
+
+  votes = collections.defaultdict(dict)  # k -> key -> [count, conf sum, grid]
+  for (k, (_, t, cmap)), pred, q in zip(jobs, preds, conf):
+    grid = arc_data.crop(pred)
+    if grid.size == 0:  # no answer: casts no vote (as the ARC evaluator)
+      continue
+    grid = arc_data.invert_grid(grid, t, cmap)
+    slot = votes[k].setdefault(_grid_key(grid), [0, 0.0, grid])
+    slot[0] += 1
+    slot[1] += q
+  tests = []
+  for k, (_, truth) in enumerate(task.test):
+    ranked = sorted(votes[k].values(), key=lambda s: (s[0], s[1] / s[0]), reverse=True)
+    mine = [i for i, (kk, _) in enumerate(jobs) if kk == k]
+    entry = {
+        "index": k, "attempts": [s[2].tolist() for s in ranked[:2]],
+        "votes": [s[0] for s in ranked[:2]], "variants_run": len(mine),
+        "segments_mean": float(np.mean([steps_used[i] for i in mine])),
+        # Ranking tie-break of the paper: mean confidence of the winner's voters.
+        "q_halt_confidence": (ranked[0][1] / ranked[0][0]) if ranked else None,
+        "correct_top1": None, "correct_top2": None,
+    }
+    if has_output[k]:
+      keys = [_grid_key(s[2]) for s in ranked[:2]]
+      entry["correct_top1"] = bool(keys[:1] == [_grid_key(truth)])
+      entry["correct_top2"] = _grid_key(truth) in keys
+    if not ranked:
+      entry["problem"] = "every variant's prediction crops to an empty grid"
+    tests.append(entry)
+  used = [t["segments_mean"] for t in tests]
+  return dict(_common(loaded, M, adaptive), puzzle="arc", task=task.task_id,
+              puzzle_identifiers=[pid for pid, _, _ in variants], tests=tests,
+              halting=(f"adaptive: the Q head halted after {np.mean(used):.2f} segments "
+                       f"on average (at most {M})" if adaptive else
+                       _halting(False, M, M)),
+              notes=notes)
+
+
+# ----------------------------------------------------------------- printing
+
+
+def format_sudoku(board: list[list[int]]) -> str:
+  """Digits with box separators; blanks as '.'."""
+  n = len(board)
+  geo = sudoku_solver.geometry_for(n)
+  lines = []
+  for r, row in enumerate(board):
+    if r and r % geo.box_rows == 0:
+      lines.append("+".join(["-" * (2 * geo.box_cols + 1)] * (n // geo.box_cols)))
+    cells = [str(d) if d else "." for d in row]
+    groups = [" " + " ".join(cells[c:c + geo.box_cols]) + " "
+              for c in range(0, n, geo.box_cols)]
+    lines.append("|".join(groups))
+  return "\n".join(lines)
+
+
+def format_arc(grid: list[list[int]]) -> str:
+  return "\n".join("".join(str(c) for c in row) for row in grid)
+
+
+def format_text(result: dict[str, Any]) -> str:
+  """The human-readable report of a `solve_*` result."""
+  lines = [f"Model: {result['model']}" + (f" (step {result['checkpoint_step']})"
+                                          if result["checkpoint_step"] is not None else "")]
+  kind = result["puzzle"]
+  if kind == "sudoku":
+    lines += [f"Sudoku {result['size']}:", format_sudoku(result["input"]), "",
+              "Solution:", format_sudoku(result["solution"]), ""]
+    lines.append("Valid: yes (rules hold, givens kept)" if result["valid"]
+                 else f"Valid: NO ({result['problem']})")
+    if not result["unique_solution"]:
+      lines.append("Note: this puzzle has more than one solution.")
+  elif kind == "maze":
+    lines += [f"Maze {result['size']}:", *result["input"], "", "Solution:",
+              *result["solution"], ""]
+    if result["valid"]:
+      lines.append("Valid: yes (the path joins S to G through open cells; "
+                   + ("shortest" if result["shortest"] else "NOT shortest") + ")")
+    else:
+      lines.append(f"Valid: NO ({result['problem']})")
+  else:
+    lines.append(f"ARC task {result['task']}:")
+    for t in result["tests"]:
+      lines.append(f"Test input {t['index']}: {t['variants_run']} variant(s) run")
+      for i, (grid, votes) in enumerate(zip(t["attempts"], t["votes"])):
+        lines += [f"  attempt {i + 1} ({votes} vote(s)):", format_arc(grid), ""]
+      if not t["attempts"]:
+        lines.append(f"  no answer: {t['problem']}")
+      if t["correct_top2"] is not None:
+        lines.append(f"  correct: attempt 1 {'yes' if t['correct_top1'] else 'no'}, "
+                     f"top 2 {'yes' if t['correct_top2'] else 'no'}")
+      if t["q_halt_confidence"] is not None:
+        lines.append(f"  Q-halt confidence (winner's voters): {t['q_halt_confidence']:.3f}")
+  lines.append(f"Segments: {result['halting']}")
+  if kind != "arc":
+    lines.append(f"Q-halt confidence sigmoid(q_halt): {result['q_halt_confidence']:.3f}")
+  lines += [f"Note: {n}" for n in result["notes"]]
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def run(*, workdir: str | None = None, converted: str | None = None,
+        identifiers: str | None = None, sudoku: str | None = None,
+        maze: str | None = None, arc: str | None = None,
+        halt_max_steps: int | None = None, adaptive: bool = False,
+        arc_variants: int = 0, batch_size: int = 64) -> dict[str, Any]:
+  """The whole tool minus flags and printing (tests call this).
+
+  The puzzle is parsed before the model is loaded, so malformed input fails
+  in a second rather than after a checkpoint restore.
+
+  Raises:
+    SolveError (= inference.InferenceError): anything the user must fix.
+  """
+  if (workdir is None) == (converted is None):
+    raise SolveError("Give exactly one of --workdir (our checkpoint) or --converted "
+                     "(a converted official checkpoint).")
+  given = [name for name, v in (("--sudoku", sudoku), ("--maze", maze), ("--arc", arc))
+           if v is not None]
+  if len(given) != 1:
+    raise SolveError("Give exactly one puzzle: --sudoku=CELLS, --maze=FILE or "
+                     f"--arc=TASK.json (got {', '.join(given) or 'none'}).")
+  if halt_max_steps is not None and halt_max_steps < 1:
+    raise SolveError(f"--halt_max_steps must be >= 1, got {halt_max_steps}.")
+  if identifiers is not None and workdir is not None:
+    raise SolveError("--identifiers is for --converted checkpoints; a --workdir run "
+                     "knows its own identifiers.")
+  if sudoku is not None:
+    puzzle = parse_sudoku(sudoku)
+  elif maze is not None:
+    puzzle = parse_maze(maze)
+  else:
+    puzzle = parse_arc(arc)
+
+  try:
+    loaded = (inference.load_workdir(workdir) if workdir is not None
+              else inference.load_converted_dir(converted, identifiers))
+  except (FileNotFoundError, ValueError) as e:  # DataError, shape mismatches
+    raise SolveError(f"Cannot load the model: {e}") from None
+  M = halt_max_steps or loaded.config.halt_max_steps
+  if sudoku is not None:
+    return solve_sudoku(loaded, puzzle, M, adaptive)
+  if maze is not None:
+    return solve_maze(loaded, puzzle, M, adaptive)
+  return solve_arc(loaded, *puzzle, M, adaptive, arc_variants, batch_size)
+
+
+def _define_flags() -> None:
+  """Defined only when run as a program (as `convert` does), so importing
+  this module never collides with another tool's flags."""
+  flags.DEFINE_string("workdir", None, "A training run directory (its newest checkpoint).")
+  flags.DEFINE_string("converted", None, "A `hrm_jax.convert` output directory.")
+  flags.DEFINE_string("identifiers", None, "With --converted: the training dataset's "
+                      "identifiers.json (needed for ARC puzzle embeddings).")
+  flags.DEFINE_string("sudoku", None, "Board, row by row: 81 (or 36/16) cells, '.' or "
+                      "'0' blank.")
+  flags.DEFINE_string("maze", None, "Text file with the maze (rows of '# SG').")
+  flags.DEFINE_string("arc", None, "ARC task JSON file; its test inputs are solved.")
+  flags.DEFINE_integer("halt_max_steps", None, "Segments at most (default: the model's).")
+  flags.DEFINE_bool("adaptive", False, "Halt by the Q head instead of running all "
+                    "segments.")
+  flags.DEFINE_integer("arc_variants", 0, "ARC: run at most this many augmented variants "
+                       "of the task (0 = all the model was trained with).")
+  flags.DEFINE_integer("batch_size", 64, "ARC: variants per forward pass.")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops orbax's and TFDS's routine warnings (read-only manager, custom data
+  configuration), which would bury the answer; our own warnings stay."""
+  _NOISY = ("/orbax/", "/tensorflow_datasets/")
+
+  def filter(self, record):
+    return record.levelno >= std_logging.ERROR or not any(
+        n in record.pathname for n in self._NOISY)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    result = run(workdir=f.workdir, converted=f.converted, identifiers=f.identifiers,
+                 sudoku=f.sudoku, maze=f.maze, arc=f.arc,
+                 halt_max_steps=f.halt_max_steps, adaptive=f.adaptive,
+                 arc_variants=f.arc_variants, batch_size=f.batch_size)
+  except SolveError as e:
+    sys.exit(f"hrm_jax.solve: error: {e}")
+  print(json.dumps(result) if f.json else format_text(result))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
