@@ -27,8 +27,16 @@ def stablemax_dtype() -> jnp.dtype:
 
 
 def _stablemax_s(x: Array) -> Array:
-  """s(x) = 1/(1-x) for x < 0, x + 1 otherwise: positive, grows linearly."""
-  return jnp.where(x < 0, 1.0 / (1.0 - x + 1e-30), x + 1.0)
+  """s(x) = 1/(1-x) for x < 0, x + 1 otherwise: positive, grows linearly.
+
+  The 1/(1-x) branch is evaluated on min(x, 0) only. Written naively, at a logit
+  of exactly 1.0 that branch is 1/1e-30 with gradient (1e30)^2 = inf in float32,
+  and `where` turns 0 * inf into a NaN gradient although the loss is finite; the
+  reference escapes this only because it computes in float64.
+  """
+  negative = x < 0
+  x_neg = jnp.where(negative, x, 0.0)
+  return jnp.where(negative, 1.0 / (1.0 - x_neg + 1e-30), x + 1.0)
 
 
 def log_stablemax(logits: Array) -> Array:

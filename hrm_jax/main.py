@@ -30,7 +30,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "Fake CPU devices per process (testing multi-device code on a laptop).")
 
 _CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                "MEGASCALE_COORDINATOR_ADDRESS")
+                "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
 
 
 class _QuietLibraries(logging_lib.Filter):

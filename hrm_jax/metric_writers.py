@@ -15,6 +15,7 @@ step, loss, accuracy, steps/s, examples/s and ETA.
 """
 import abc
 import json
+import os
 import math
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -70,7 +71,14 @@ class JsonlWriter(MetricWriter):
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._path = workdir / JSONL_NAME
-    self._file = self._path.open("a")
+    # Object stores (gs://) have no append: gcsfs silently truncates. There the
+    # whole file is kept in memory and rewritten on every flush.
+    self._remote = "://" in os.fspath(self._path)
+    if self._remote:
+      self._lines = (self._path.read_text().splitlines(keepends=True)
+                     if self._path.exists() else [])
+    else:
+      self._file = self._path.open("a")
 
   @property
   def path(self) -> epath.Path:
@@ -79,13 +87,22 @@ class JsonlWriter(MetricWriter):
   def write_scalars(self, step: int, scalars: Scalars) -> None:
     record = {"step": int(step)}
     record.update({k: _to_float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self._remote:
+      self._lines.append(line)
+    else:
+      self._file.write(line)
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._remote:
+      self._path.write_text("".join(self._lines))
+    else:
+      self._file.flush()
 
   def close(self) -> None:
-    self._file.close()
+    self.flush()
+    if not self._remote:
+      self._file.close()
 
 
 class TensorBoardWriter(MetricWriter):

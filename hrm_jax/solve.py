@@ -264,7 +264,7 @@ def _arc_variants(loaded: inference.Loaded, task_id: str,
         "task the answer is very likely wrong."]
   notes = [f"Task {task_id!r} is known to the model: voted over "
            f"{min(len(variants), max_variants or len(variants))} of its "
-           f"{len(variants)} augmented variants."]
+           f"{len(variants)} puzzle variants (the original and its augmentations)."]
   if max_variants > 0:
     variants = variants[:max_variants]  # the original comes first (lowest id)
   return variants, notes

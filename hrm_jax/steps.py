@@ -66,6 +66,7 @@ def train_step(state: TrainState, carry: act.ACTCarry, batch: dict[str, Array],
   new_state = state.replace(step=state.step + 1, params=params, puzzle_emb=puzzle_emb,
                             opt_state=opt_state)
   metric_sums = dict(metric_sums, loss=loss * step_config.global_batch_size,
+                     grad_norm=optax.global_norm((param_grads, row_grads_BxE)),
                      lr=jnp.asarray(dense_lr_fn(state.step), jnp.float32),
                      puzzle_emb_lr=jnp.asarray(emb_lr, jnp.float32))
   return new_state, new_carry, metric_sums
@@ -156,7 +157,7 @@ def reduce_train_metrics(sums: dict[str, float], num_steps: int,
   for key, value in sums.items():
     if key.endswith("loss"):
       out[key] = value / (global_batch_size * num_steps)
-    elif key in ("lr", "puzzle_emb_lr"):
+    elif key in ("lr", "puzzle_emb_lr", "grad_norm"):
       out[key] = value / num_steps
     elif key == "count":
       out["halted_per_step"] = value / num_steps

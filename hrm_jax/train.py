@@ -10,6 +10,7 @@ Resume order (first that applies):
 """
 # pylint: disable=invalid-name
 import functools
+import hashlib
 import importlib
 import time
 from typing import Any, Iterator
@@ -200,11 +201,16 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   def absorb(pending_step, device_metrics):
     nonlocal sums_steps
     host = jax.device_get(device_metrics)
-    if not np.isfinite(host["loss"]):
+    # A finite loss can still come with a non-finite gradient, whose update
+    # poisons the state: check both before any checkpoint holds this step.
+    if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
+      last = ckpt.latest_step()
+      kept = (f"The last good checkpoint (step {last}) in {ckpt.directory} is kept"
+              if last is not None else "No checkpoint was written yet")
+      parts = {k: float(v) for k, v in host.items() if k.endswith(("loss", "norm"))}
       raise _NonFinite(
-          f"Non-finite training loss at step {pending_step}; stopping. The last good "
-          f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept: lower "
-          "config.opt.lr or use float32 (config.model.forward_dtype) and resume.")
+          f"Non-finite training loss or gradient at step {pending_step} ({parts}); stopping. {kept}: "
+          "lower config.opt.lr or use float32 (config.model.forward_dtype) and resume.")
     for k, v in host.items():
       sums[k] = sums.get(k, 0.0) + float(v)
     sums_steps += 1
@@ -227,6 +233,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         scalars = {f"train/{k}": v for k, v in reduced.items()}
         scalars["train/epoch"] = sampler.epoch
         writer.write_scalars(step, scalars)
+        writer.flush()
         if jax.process_index() == 0:
           progress.report(step, scalars)  # logs the progress line
         sums, sums_steps = {}, 0
@@ -235,6 +242,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         t0 = time.perf_counter()
         last_eval = evaluate(state, test_split, eval_fn, evaluator, config, mesh)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+        writer.flush()
         logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
                      metric_writers.format_scalars(step, last_eval))
 
@@ -252,7 +260,18 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     ckpt.close()
     writer.close()
     preempted.uninstall()
+  logging.info("Final params checksum (process %d): %s", jax.process_index(),
+               params_checksum(state.params))
   return state, last_eval
+
+
+def params_checksum(params) -> str:
+  """sha256 over this process's own shards: equal on every process of a healthy run."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    for shard in sorted(leaf.addressable_shards, key=lambda s: str(s.index)):
+      digest.update(np.ascontiguousarray(np.asarray(shard.data)).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def ckpt_due(ckpt, step: int, config) -> bool:

@@ -137,9 +137,13 @@ def _draw_arc(ax, grid: np.ndarray, target: np.ndarray | None) -> int:
   wrong = np.ones((h, w), bool)
   th, tw = min(h, target.shape[0]), min(w, target.shape[1])
   wrong[:th, :tw] = grid[:th, :tw] != target[:th, :tw]
+  width = max(0.4, 1.4 - max(h, w) / 20)  # thin lines on big grids
   for r, c in np.argwhere(wrong):
-    _outline(ax, r, c, colour="white", width=2.2)
-    _outline(ax, r, c, width=1.2)
+    _outline(ax, r, c, colour="white", width=2 * width)
+    _outline(ax, r, c, width=width)
+  if (h, w) != target.shape:
+    ax.set_xlabel(f"{h}x{w}, target {target.shape[0]}x{target.shape[1]}",
+                  fontsize=7, color=WRONG)
   return int(wrong.sum())
 
 
@@ -209,7 +213,7 @@ def trajectory_figure(kind: str, inputs: np.ndarray, target: np.ndarray,
                                     _exact(kind, trajectory_MxS[m], target)
                                     else f"{wrong} wrong")
     if halt_segment == m + 1:
-      label += "\nQ head halts here"
+      label += "\nQ head halts here" if m + 1 < M else "\nstops at the limit"
       for spine in ax.spines.values():
         spine.set_edgecolor(HALT)
         spine.set_linewidth(3)
@@ -336,6 +340,42 @@ def _labels(split: data.PuzzleSplit, index: np.ndarray) -> np.ndarray:
   return labels
 
 
+def _run_examples(loaded: inference.Loaded, split: data.PuzzleSplit,
+                  index: np.ndarray, M: int, batch_size: int) -> dict[str, np.ndarray]:
+  """Full and adaptive runs of the examples `index`, in equal-shape batches
+  (the last one padded) so that each mode compiles once.
+
+  Returns per example: trajectory [M, N, S] (all M segments), steps,
+  q_halt_confidence (adaptive run), exact_full and exact_adaptive (every
+  supervised token right: the paper's exact accuracy).
+  """
+  pids = split.example_puzzle_identifiers()
+  parts = {k: [] for k in ("trajectory", "steps", "q_halt_confidence", "exact_full",
+                           "exact_adaptive")}
+  for start in range(0, len(index), batch_size):
+    rows = index[start:start + batch_size]
+    pad = batch_size - len(rows)
+    inputs = np.pad(split.inputs[rows], ((0, pad), (0, 0)),
+                    constant_values=split.metadata.pad_id)
+    labels = np.pad(_labels(split, rows), ((0, pad), (0, 0)),
+                    constant_values=data.IGNORE_LABEL_ID)
+    ids = np.pad(pids[rows], (0, pad))
+    keep = slice(0, len(rows))
+    for adaptive in (False, True):
+      out = inference.predict(loaded, inputs, ids, halt_max_steps=M, adaptive=adaptive)
+      exact = np.all((out["predictions"] == labels) | (labels == data.IGNORE_LABEL_ID),
+                     axis=-1)
+      if adaptive:
+        parts["steps"].append(out["steps"][keep])
+        parts["q_halt_confidence"].append(out["q_halt_confidence"][keep])
+        parts["exact_adaptive"].append(exact[keep])
+      else:
+        parts["trajectory"].append(out["trajectory"][:, keep])
+        parts["exact_full"].append(exact[keep])
+  return {k: np.concatenate(v, axis=1 if k == "trajectory" else 0)
+          for k, v in parts.items()}
+
+
 def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
               split_name: str = "test", halt_max_steps: int | None = None,
               num_halting: int = 256, batch_size: int = 64) -> dict[str, Any]:
@@ -370,40 +410,32 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
   save("curves.png", curves_figure(records), "Training curves",
        f"{len(records)} records from metrics.jsonl.")
 
-  # Adaptive halting on the first examples, against running all M segments.
+  # One pass over the halting examples plus the shown ones, each batch run
+  # with all M segments (the trajectories) and with Q-head halting.
   count = min(num_halting, split.num_examples)
-  steps_used, exact = [], {True: 0.0, False: 0.0}
-  for start in range(0, count, batch_size):
-    index = np.arange(start, min(count, start + batch_size))
-    for adaptive in (True, False):
-      result = inference.predict(loaded, split.inputs[index], pids[index],
-                                 halt_max_steps=M, adaptive=adaptive,
-                                 labels_BxS=_labels(split, index))
-      exact[adaptive] += result["metrics"]["exact_accuracy"]
-      if adaptive:
-        steps_used.append(result["steps"])
-  steps_used = np.concatenate(steps_used)
-  save("act_steps.png", halting_figure(steps_used, M, exact[True] / count,
-                                       exact[False] / count),
+  shown = _shown_examples(split, kind, num_puzzles)
+  index = np.unique(np.concatenate([np.arange(count), shown]))
+  runs = _run_examples(loaded, split, index, M, min(batch_size, len(index)))
+  first = np.arange(count)  # positions of examples 0..count-1 in `index`
+  save("act_steps.png", halting_figure(runs["steps"][first], M,
+                                       runs["exact_adaptive"][first].mean(),
+                                       runs["exact_full"][first].mean()),
        "ACT segments under adaptive halting",
        f"The first {count} {split_name} puzzles, run once with Q-head halting and "
        f"once with all {M} segments.")
 
-  # Trajectories of a few puzzles.
-  shown = _shown_examples(split, kind, num_puzzles)
-  full = inference.predict(loaded, split.inputs[shown], pids[shown], halt_max_steps=M)
-  adaptive = inference.predict(loaded, split.inputs[shown], pids[shown],
-                               halt_max_steps=M, adaptive=True)
   for i, e in enumerate(shown.tolist()):
-    trajectory = full["trajectory"][:, i]
+    row = int(np.searchsorted(index, e))
+    trajectory = runs["trajectory"][:, row]
     target = split.labels[e]
     solved = [m + 1 for m in range(M) if _exact(kind, trajectory[m], target)]
-    halt = int(adaptive["steps"][i])
+    halt = int(runs["steps"][row])
     name = split.identifiers[pids[e]] if kind == "arc" else f"example {e}"
+    halting = (f"Q head halts at segment {halt}" if halt < M else
+               f"Q head does not halt before the limit of {M} segments")
     title = (f"{split_name} {name}: " +
              (f"exact from segment {solved[0]}" if solved else "never exact") +
-             f"; Q head halts at segment {halt} "
-             f"(sigmoid(q_halt) {adaptive['q_halt_confidence'][i]:.2f})")
+             f"; {halting} (sigmoid(q_halt) {runs['q_halt_confidence'][row]:.2f})")
     save(f"trajectory_{i}.png",
          trajectory_figure(kind, split.inputs[e], target, trajectory,
                            halt_segment=halt, title=title),
@@ -421,7 +453,7 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
   write_html(html_path, f"HRM run {os.path.basename(os.fspath(workdir).rstrip('/'))}",
              summary, sections)
   return {"html": os.fspath(html_path), "pngs": written,
-          "halting_steps": steps_used, "shown": shown}
+          "halting_steps": runs["steps"][first], "shown": shown}
 
 
 def _define_flags() -> None:

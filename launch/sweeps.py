@@ -60,7 +60,10 @@ def portable_config_arg(path: str, variant: str | None) -> str:
   whose copy lives elsewhere), so a file inside the repository is named
   relative to it and any other file by its absolute path.
   """
-  file = pathlib.Path(path).resolve()
+  file = pathlib.Path(path)
+  if not file.is_file() and (REPO / path).is_file():
+    file = REPO / path
+  file = file.resolve()
   try:
     text = str(file.relative_to(REPO))
   except ValueError:
@@ -71,6 +74,8 @@ def portable_config_arg(path: str, variant: str | None) -> str:
 def load_experiment(path: str):
   """Imports an experiment file by path (as config_flags does for --config)."""
   file = pathlib.Path(path)
+  if not file.is_file() and (REPO / path).is_file():
+    file = REPO / path  # "experiments/x.py" from outside the repository
   if not file.is_file():
     raise FileNotFoundError(f"No experiment file {path!r}.")
   name = f"_hrm_sweep_{file.stem}"
@@ -167,7 +172,7 @@ def write_manifest(run: Run) -> epath.Path:
   workdir = epath.Path(run.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / MANIFEST
-  path.write_text(json.dumps(run.manifest(), indent=2, sort_keys=True) + "\n")
+  path.write_text(json.dumps(run.manifest(), indent=2) + "\n")  # keeps override order
   return path
 
 

@@ -101,6 +101,7 @@ def _train_losses(workdir):
           if "train/loss" in r}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   config = _config(tmp_path / "data")
   # Built once here, so the three runs only read it (no race on the build).

@@ -74,3 +74,17 @@ def test_bfloat16_training_step_loosely():
   assert pu.rel_err(outputs["q_halt_logits"], fx["train/q_halt_logits"]) < 5e-2
   assert pu.rel_err(carry.z_H_BxLxD, fx["train/z_H"]) < 5e-2
   assert pu.rel_err(loss, fx["train/loss"]) < 1e-2
+
+
+def test_stablemax_gradient_is_finite_at_a_logit_of_one():
+  """A logit of exactly 1.0 made the float32 gradient NaN (0 * inf in `where`)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from hrm_jax import losses  # pylint: disable=import-outside-toplevel
+  logits = jnp.array([[[1.0, -2.0, 0.5, 1.0]]], jnp.float32)
+  labels = jnp.array([[2]], jnp.int32)
+  grad = jax.grad(lambda l: losses.stablemax_cross_entropy(l, labels).sum())(logits)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  # Values unchanged: s = [2, 1/3, 1.5, 2] -> -log(1.5 / 5.8333).
+  np.testing.assert_allclose(losses.stablemax_cross_entropy(logits, labels)[0, 0],
+                             -np.log(1.5 / (2 + 1 / 3 + 1.5 + 2)), rtol=1e-6)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 
 import numpy as np
+from etils import epath
 
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import puzzles
@@ -132,11 +132,10 @@ class ArcVoter:
     return out
 
   def write_submission(self, path) -> None:
-    path = os.fspath(path)
-    if os.path.dirname(path):
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(self.submission(), f)
+    """Writes the Kaggle-format JSON; `path` may be local or gs:// (etils.epath)."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(self.submission()))
 
 
 class Evaluator:
@@ -167,6 +166,5 @@ class Evaluator:
     if self._workdir is not None:
       import jax  # pylint: disable=g-import-not-at-top
       if jax.process_index() == 0:
-        self._voter.write_submission(
-            os.path.join(os.fspath(self._workdir), "arc_submission.json"))
+        self._voter.write_submission(epath.Path(self._workdir) / "arc_submission.json")
     return out

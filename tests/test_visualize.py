@@ -1,0 +1,130 @@
+"""`hrm_jax.visualize`: the pictures of a real (smoke) run are written, decode,
+and are embedded in one self-contained HTML page; wrong cells are marked."""
+import base64
+import io
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import matplotlib
+matplotlib.use("Agg")
+from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
+from matplotlib.figure import Figure
+import numpy as np
+from PIL import Image
+import pytest
+
+from hrm_jax import visualize
+from hrm_jax.data import arc as arc_data
+from hrm_jax.data import maze as maze_data
+from hrm_jax.data import sudoku as sudoku_data
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env():
+  """Without conftest's 8 fake devices: the smoke run compiles ~2x faster."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "xla_force_host_platform_device_count" not in f)
+  return env
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                        text=True, cwd=REPO_ROOT, env=_env(), check=False, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def maze_run(tmp_path_factory):
+  """A 4-step 7x7 maze smoke run (evals at steps 2 and 4)."""
+  workdir = tmp_path_factory.mktemp("maze_run")
+  proc = _run("hrm_jax.main", "--config=experiments/maze.py:smoke", f"--workdir={workdir}",
+              f"--config.data.data_dir={tmp_path_factory.mktemp('data')}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_writes_decodable_pngs_and_self_contained_html(maze_run, tmp_path):
+  result = visualize.visualize(str(maze_run), str(tmp_path), num_puzzles=2,
+                               halt_max_steps=3, num_halting=32)
+  names = sorted(os.path.basename(p) for p in result["pngs"])
+  assert names == ["act_steps.png", "curves.png", "trajectory_0.png",
+                   "trajectory_1.png"]
+  files = {}
+  for path in result["pngs"]:
+    png = pathlib.Path(path).read_bytes()
+    with Image.open(io.BytesIO(png)) as image:
+      assert image.format == "PNG" and image.width > 100 and image.height > 100
+    files[png] = path
+  # Input + target + 3 segments: one row of 5 panels, wider than tall.
+  with Image.open(tmp_path / "trajectory_0.png") as image:
+    assert image.width > 2 * image.height
+  page = pathlib.Path(result["html"]).read_text()
+  assert result["html"] == str(tmp_path / "index.html")
+  embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+  assert len(embedded) == 4
+  assert {base64.b64decode(e) for e in embedded} == set(files)  # the same images
+  assert "<img src='http" not in page and "<script" not in page
+  steps = result["halting_steps"]
+  assert len(steps) == 32 and steps.min() >= 1 and steps.max() <= 3
+
+
+def test_cli_error_is_one_line(tmp_path):
+  proc = _run("hrm_jax.visualize", f"--workdir={tmp_path}")
+  assert proc.returncode != 0
+  assert "no checkpoints/ directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _axes():
+  return Figure().subplots()
+
+
+def _red_outlines(ax):
+  red = mcolors.to_rgba(visualize.WRONG)
+  return sum(1 for p in ax.patches if p.get_edgecolor() == red)
+
+
+def test_sudoku_wrong_digit_is_red():
+  puzzle = np.array([[3, 1, 0, 2], [4, 2, 3, 1], [2, 4, 1, 3], [1, 3, 2, 4]])
+  answer = puzzle.copy()
+  answer[0, 2] = 4
+  wrong = answer.copy()
+  wrong[0, 2] = 1
+  ax = _axes()
+  assert visualize.render_grid(ax, "sudoku", sudoku_data.encode(wrong),
+                               inputs=sudoku_data.encode(puzzle),
+                               target=sudoku_data.encode(answer)) == 1
+  assert _red_outlines(ax) == 1
+  red_texts = [t.get_text() for t in ax.texts
+               if t.get_color() == visualize.WRONG]
+  assert red_texts == ["1"]
+  ax = _axes()
+  assert visualize.render_grid(ax, "sudoku", sudoku_data.encode(answer),
+                               inputs=sudoku_data.encode(puzzle),
+                               target=sudoku_data.encode(answer)) == 0
+  assert _red_outlines(ax) == 0
+
+
+def test_maze_path_errors_are_outlined():
+  solved = "#####" "#Soo#" "###o#" "#Goo#" "#####"
+  partial = "#####" "#Soo#" "### #" "#Goo#" "#####"
+  ax = _axes()
+  assert visualize.render_grid(ax, "maze", maze_data.encode(partial),
+                               target=maze_data.encode(solved)) == 1
+  assert _red_outlines(ax) == 1
+
+
+def test_arc_crops_at_eos_and_marks_shape_errors():
+  target = np.array([[1, 2], [3, 4]])
+  guess = np.array([[1, 2, 5], [3, 0, 5]])  # 1 wrong cell + 2 outside the target
+  ax = _axes()
+  wrong = visualize.render_grid(ax, "arc", arc_data.encode_grid(guess),
+                                target=arc_data.encode_grid(target))
+  assert wrong == 3
+  assert _red_outlines(ax) == 3
+  image = ax.images[0].get_array()
+  assert image.shape == (2, 3)  # cropped at the EOS border, not 30x30
+  assert "target 2x2" in ax.get_xlabel()
