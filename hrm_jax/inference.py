@@ -223,8 +223,8 @@ def _eval_fn(model: hrm.HRMInner, halt_max_steps: int, adaptive: bool) -> Callab
 
 
 def predict(loaded: Loaded, inputs_BxS: np.ndarray, puzzle_identifiers_B: np.ndarray,
-            *, halt_max_steps: int | None = None, adaptive: bool = False,
-            labels_BxS: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            *, halt_max_steps: int | None = None,
+            adaptive: bool = False) -> dict[str, np.ndarray]:
   """Runs a fresh ACT carry over a batch and returns per-row numpy outputs.
 
   Args:
@@ -235,13 +235,12 @@ def predict(loaded: Loaded, inputs_BxS: np.ndarray, puzzle_identifiers_B: np.nda
       training value is the paper's inference-time scaling.
     adaptive: stop each row when its Q head says halt (q_halt > q_continue)
       instead of always running halt_max_steps segments.
-    labels_BxS: labels for the returned metric sums (-100 = ignored); optional.
 
   Returns:
     predictions [B,S], trajectory [M,B,S] (argmax after each segment; rows
     that halted early repeat their final answer), steps [B] (segments used),
-    q_halt_logits [B], q_halt_confidence [B] = sigmoid(q_halt), and metrics
-    (dict of sums, meaningful only when labels were given).
+    q_halt_logits [B] and q_halt_confidence [B] = sigmoid(q_halt), all of the
+    last segment each row ran.
   """
   M = halt_max_steps or loaded.config.halt_max_steps
   if M < 1:
@@ -249,14 +248,13 @@ def predict(loaded: Loaded, inputs_BxS: np.ndarray, puzzle_identifiers_B: np.nda
   inputs = np.asarray(inputs_BxS, np.int32)
   batch = {
       "inputs": inputs,
-      "labels": (np.full(inputs.shape, puzzles.IGNORE_LABEL_ID, np.int32)
-                 if labels_BxS is None else np.asarray(labels_BxS, np.int32)),
+      # No labels: eval_step's metric sums are ignored here.
+      "labels": np.full(inputs.shape, puzzles.IGNORE_LABEL_ID, np.int32),
       "puzzle_identifiers": np.asarray(puzzle_identifiers_B, np.int32),
   }
-  metric_sums, rows = _eval_fn(loaded.model, int(M), bool(adaptive))(loaded.state, batch)
+  _, rows = _eval_fn(loaded.model, int(M), bool(adaptive))(loaded.state, batch)
   out = {k: np.asarray(v) for k, v in jax.device_get(rows).items()}
   out["q_halt_confidence"] = sigmoid(out["q_halt_logits"])
-  out["metrics"] = {k: float(v) for k, v in jax.device_get(metric_sums).items()}
   return out
 
 

@@ -225,9 +225,10 @@ def solve_maze(loaded: inference.Loaded, grid: np.ndarray, M: int,
   out = inference.predict(loaded, grid.reshape(1, -1), np.zeros(1),
                           halt_max_steps=M, adaptive=adaptive)
   answer = out["predictions"][0].reshape(grid.shape)
-  in_range = np.all((answer >= 1) & (answer <= len(maze_data.CHARSET)))
-  problem = (None if in_range else "the model output PAD tokens") or \
-      inference.maze_path_problem(grid, answer)
+  if np.all((answer >= 1) & (answer <= len(maze_data.CHARSET))):
+    problem = inference.maze_path_problem(grid, answer)
+  else:
+    problem = "the model output PAD tokens"
   shortest = problem is None and inference.maze_path_is_shortest(grid, answer)
   rows = [maze_data.decode(np.clip(r, 1, len(maze_data.CHARSET))) for r in answer]
   used = int(out["steps"][0])

@@ -47,7 +47,6 @@ import numpy as np
 from hrm_jax import inference, metric_writers
 from hrm_jax import data
 from hrm_jax.data import arc as arc_data
-from hrm_jax.data import maze as maze_data
 from hrm_jax.data import sudoku_solver
 
 WRONG = "#e41a1c"  # outline / text of a wrong cell
@@ -59,6 +58,11 @@ MAZE_COLOURS = ["#ff00ff", "#2b2b2b", "#ffffff", "#2ca02c", "#ff7f0e", "#1f77b4"
 # The ARC palette (colours 0..9) as in the ARC testing interface.
 ARC_COLOURS = ["#000000", "#0074d9", "#ff4136", "#2ecc40", "#ffdc00", "#aaaaaa",
                "#f012be", "#ff851b", "#7fdbff", "#870c25"]
+LEGENDS = {
+    "sudoku": "Givens bold black, the model's digits blue, wrong digits red.",
+    "maze": "Wall dark grey, open white, S green, G orange, path blue.",
+    "arc": "ARC colours 0-9; grids cropped at the EOS border.",
+}
 PANEL_INCHES = 2.1
 MAX_COLUMNS = 6
 
@@ -326,7 +330,7 @@ def _shown_examples(split: data.PuzzleSplit, kind: str, count: int) -> np.ndarra
     original[0] = False  # the blank id
     candidates = candidates[original[pids]] if original[pids].any() else candidates
   if len(candidates) == 0:
-    raise inference.InferenceError(f"The split has no examples to show.")
+    raise inference.InferenceError("The split has no examples to show.")
   picks = np.linspace(0, len(candidates) - 1, min(count, len(candidates)))
   return candidates[np.unique(np.round(picks).astype(np.int64))]
 
@@ -396,6 +400,8 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
   M = halt_max_steps or loaded.config.halt_max_steps
   out = epath.Path(out_dir or epath.Path(workdir) / "visualize")
   out.mkdir(parents=True, exist_ok=True)
+  for stale in out.glob("trajectory_*.png"):  # from an earlier, larger run
+    stale.unlink()
   pids = split.example_puzzle_identifiers()
   written, sections = [], []
 
@@ -439,7 +445,9 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
     save(f"trajectory_{i}.png",
          trajectory_figure(kind, split.inputs[e], target, trajectory,
                            halt_segment=halt, title=title),
-         f"Reasoning trajectory {i + 1}", title + ". Red outline: wrong cell.")
+         f"Reasoning trajectory {i + 1}",
+         f"{title}. {LEGENDS[kind]} Red outline: wrong cell; green frame: the "
+         "segment where adaptive halting stops.")
 
   summary = [
       f"workdir: {workdir} (checkpoint step {loaded.step})",

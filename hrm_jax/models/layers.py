@@ -42,10 +42,16 @@ lecun_truncated_normal = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal")
 
 
-def _matmul(x: Array, w: Array) -> Array:
-  """x @ w in x's dtype with float32 accumulation."""
+def _matmul(x: Array, w: Array, keep_float32: bool = False) -> Array:
+  """x @ w with x's dtype as operands and float32 accumulation.
+
+  The result is rounded back to x's dtype unless `keep_float32`: then the
+  consumer (a norm, RoPE, SiLU: all computed in float32 anyway) takes the
+  accumulator directly and XLA fuses the rounding into it, instead of a
+  separate pass over the activation (as costly as the matmul itself on CPUs).
+  """
   y = jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
-  return y.astype(x.dtype)
+  return y if keep_float32 else y.astype(x.dtype)
 
 
 class CastedDense(nn.Module):
@@ -61,6 +67,7 @@ class CastedDense(nn.Module):
   kernel_init: Initializer = lecun_truncated_normal
   bias_init: Initializer = nn.initializers.zeros
   num_splits: int = 1
+  keep_float32: bool = False  # return the float32 accumulator (see _matmul)
 
   @nn.compact
   def __call__(self, x: Array):
@@ -68,8 +75,9 @@ class CastedDense(nn.Module):
                         (x.shape[-1], self.features), jnp.float32)
     if self.num_splits > 1:
       assert not self.use_bias
-      return tuple(_matmul(x, k) for k in jnp.split(kernel, self.num_splits, axis=1))
-    y = _matmul(x, kernel)
+      return tuple(_matmul(x, k, self.keep_float32)
+                   for k in jnp.split(kernel, self.num_splits, axis=1))
+    y = _matmul(x, kernel, self.keep_float32)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(y.dtype)
@@ -110,8 +118,8 @@ def rope_cos_sin(num_positions: int, head_dim: int,
   return np.cos(emb_LxK).astype(np.float32), np.sin(emb_LxK).astype(np.float32)
 
 
-def apply_rope(x_BxLxHxK: Array, cos_LxK, sin_LxK) -> Array:
-  """Rotates q or k in float32 (rotate-half convention), back to its dtype.
+def apply_rope(x_BxLxHxK: Array, cos_LxK, sin_LxK, dtype) -> Array:
+  """Rotates q or k in float32 (rotate-half convention), returns `dtype`.
 
   rotate_half(x) = concat(-x2, x1) is written as a flip of the two halves times
   a sign, whose gradient is again a flip (slicing would back-propagate as pads).
@@ -122,7 +130,7 @@ def apply_rope(x_BxLxHxK: Array, cos_LxK, sin_LxK) -> Array:
   sign = np.array([[-1.0], [1.0]], np.float32)
   rotated = (jnp.flip(halves, axis=-2) * sign).reshape(x.shape)
   cos, sin = cos_LxK[:, None, :], sin_LxK[:, None, :]
-  return (x * cos + rotated * sin).astype(x_BxLxHxK.dtype)
+  return (x * cos + rotated * sin).astype(dtype)
 
 
 class Attention(nn.Module):
@@ -138,20 +146,24 @@ class Attention(nn.Module):
     H = self.num_heads
     K = D // H
     # Kernel columns: Q heads, then K heads, then V heads, each head contiguous.
-    q_BxLxD, k_BxLxD, v_BxLxD = CastedDense(3 * D, num_splits=3, name="qkv_proj")(x_BxLxD)
+    dtype = x_BxLxD.dtype
+    q_BxLxD, k_BxLxD, v_BxLxD = CastedDense(3 * D, num_splits=3, keep_float32=True,
+                                            name="qkv_proj")(x_BxLxD)
     q_BxLxHxK = q_BxLxD.reshape(B, L, H, K)
     k_BxLxHxK = k_BxLxD.reshape(B, L, H, K)
-    v_BxLxHxK = v_BxLxD.reshape(B, L, H, K)
+    v_BxLxHxK = v_BxLxD.reshape(B, L, H, K).astype(dtype)
     if cos_sin is not None:
-      q_BxLxHxK = apply_rope(q_BxLxHxK, *cos_sin)
-      k_BxLxHxK = apply_rope(k_BxLxHxK, *cos_sin)
+      q_BxLxHxK = apply_rope(q_BxLxHxK, *cos_sin, dtype)
+      k_BxLxHxK = apply_rope(k_BxLxHxK, *cos_sin, dtype)
+    else:
+      q_BxLxHxK, k_BxLxHxK = q_BxLxHxK.astype(dtype), k_BxLxHxK.astype(dtype)
     scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
                                 preferred_element_type=jnp.float32)
     probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL * (1.0 / math.sqrt(K)), axis=-1)
     out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype),
                              v_BxLxHxK, preferred_element_type=jnp.float32)
-    out_BxLxD = out_BxLxHxK.astype(x_BxLxD.dtype).reshape(B, L, D)
-    return CastedDense(D, name="o_proj")(out_BxLxD)
+    out_BxLxD = out_BxLxHxK.astype(dtype).reshape(B, L, D)
+    return CastedDense(D, keep_float32=True, name="o_proj")(out_BxLxD)
 
 
 def swiglu_width(hidden_size: int, expansion: float) -> int:
@@ -168,24 +180,30 @@ class SwiGLU(nn.Module):
   def __call__(self, x_BxLxD: Array) -> Array:
     D = x_BxLxD.shape[-1]
     F = swiglu_width(D, self.expansion)
-    gate_BxLxF, up_BxLxF = CastedDense(2 * F, num_splits=2, name="gate_up_proj")(x_BxLxD)
-    # silu in float32 then rounded, like PyTorch's bf16 kernel.
-    act_BxLxF = jax.nn.silu(gate_BxLxF.astype(jnp.float32)).astype(x_BxLxD.dtype)
-    return CastedDense(D, name="down_proj")(act_BxLxF * up_BxLxF)
+    gate_BxLxF, up_BxLxF = CastedDense(2 * F, num_splits=2, keep_float32=True,
+                                       name="gate_up_proj")(x_BxLxD)
+    hidden_BxLxF = (jax.nn.silu(gate_BxLxF) * up_BxLxF).astype(x_BxLxD.dtype)
+    return CastedDense(D, keep_float32=True, name="down_proj")(hidden_BxLxF)
 
 
 class PostNormBlock(nn.Module):
-  """h = norm(h + attn(h)); h = norm(h + mlp(h)); residual adds in compute dtype."""
+  """h = norm(h + attn(h)); h = norm(h + mlp(h)).
+
+  The sublayers return float32 accumulators, so each residual add happens in
+  float32 inside the norm's fusion (PyTorch adds in bf16 first: a rounding
+  difference well inside the bf16 parity tolerance).
+  """
   num_heads: int
   expansion: float
   rms_norm_eps: float
 
   @nn.compact
   def __call__(self, h_BxLxD: Array, cos_sin) -> Array:
+    dtype = h_BxLxD.dtype
     attn = Attention(self.num_heads, name="self_attn")(h_BxLxD, cos_sin)
-    h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps)
+    h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps).astype(dtype)
     mlp = SwiGLU(self.expansion, name="mlp")(h_BxLxD)
-    return rms_norm(h_BxLxD + mlp, self.rms_norm_eps)
+    return rms_norm(h_BxLxD + mlp, self.rms_norm_eps).astype(dtype)
 
 
 class ReasoningModule(nn.Module):
