@@ -125,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def run(config: ml_collections.ConfigDict, workdir: str):
   """`train_and_evaluate`, also returning the final train state (for tests)."""
   # ---- Setup.
+  run_start = time.perf_counter()
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if config.get("enable_x64", False):
@@ -241,7 +242,10 @@ def run(config: ml_collections.ConfigDict, workdir: str):
       if step % eval_every == 0 or is_last:
         t0 = time.perf_counter()
         last_eval = evaluate(state, test_split, eval_fn, evaluator, config, mesh)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+        scalars = {f"eval/{k}": v for k, v in last_eval.items()}
+        # Seconds since this process started the run: time-to-accuracy benchmarks.
+        scalars["eval/elapsed_s"] = time.perf_counter() - run_start
+        writer.write_scalars(step, scalars)
         writer.flush()
         logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
                      metric_writers.format_scalars(step, last_eval))

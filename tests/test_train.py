@@ -71,3 +71,31 @@ def test_unknown_model_field_is_named(data_dir, tmp_path):
   config.model.hiden_size = 8
   with pytest.raises(ValueError, match="hiden_size"):
     train.run(config, str(tmp_path))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
+  """Preemption: SIGTERM mid-run -> checkpoint of the current step, exit status 0."""
+  import os  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from hrm_jax import data  # pylint: disable=import-outside-toplevel
+  config = smoke_config("sudoku", data_dir)
+  data.load(config.data, "train"), data.load(config.data, "test")  # build before the child
+  env = dict(os.environ, XLA_FLAGS="")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "hrm_jax.main", "--config=experiments/sudoku.py:smoke",
+       f"--workdir={tmp_path}", f"--config.data.data_dir={data_dir}",
+       "--config.total_steps=100000", "--config.ckpt.every_steps=100000",
+       "--config.eval.every_steps=100000"], env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  deadline = time.time() + 240
+  while time.time() < deadline and not metric_writers.read_jsonl_metrics(tmp_path)[1:]:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out.decode()[-2000:]
+  saved = checkpoint.Checkpointer(tmp_path, every_steps=100000).latest_step()
+  assert saved is not None and saved >= 1
+  assert b"SIGTERM" in out

@@ -87,3 +87,28 @@ def test_mesh_errors_name_the_fix():
   with pytest.raises(ValueError, match="unknown axes"):
     sharding.mesh_shape([("model", -1)], 8)
   assert sharding.mesh_shape([("data", 2), ("fsdp", -1)], 8) == {"data": 2, "fsdp": 4}
+
+
+def test_eval_adaptive_halting_freezes_rows_and_counts_steps():
+  """Q head forced to 'halt' (bias +5/-5): adaptive eval stops after 1 segment."""
+  cfg = tiny_config(halt_max_steps=4)
+  model = hrm.HRMInner(cfg)
+  _, tx = steps.make_train_step(model, opt_config(), total_steps=10, global_batch_size=B)
+  state = state_lib.init_state(model, tx, jax.random.key(0))
+  batch = jax.tree.map(jnp.asarray, next(batches(1, cfg)))
+  fixed_sums, fixed_rows = steps.eval_step(state, batch, model=model, halt_max_steps=4,
+                                           keep_trajectory=True)
+  np.testing.assert_array_equal(fixed_rows["steps"], 4)
+  assert fixed_rows["trajectory"].shape == (4, B, cfg.seq_len)
+  assert float(fixed_sums["count"]) == B
+  halting = state.replace(params=jax.tree.map(lambda x: x, state.params))
+  halting.params["q_head"]["bias"] = jnp.array([5.0, -5.0])
+  sums, rows = steps.eval_step(halting, batch, model=model, halt_max_steps=4,
+                               adaptive_halting=True, keep_trajectory=True)
+  np.testing.assert_array_equal(rows["steps"], 1)
+  assert float(sums["steps"]) == B  # mean segments used = 1
+  # Frozen rows keep the prediction of the segment where they halted.
+  np.testing.assert_array_equal(rows["predictions"], rows["trajectory"][0])
+  # Inference-time scaling: more segments than training used.
+  _, more = steps.eval_step(state, batch, model=model, halt_max_steps=6)
+  np.testing.assert_array_equal(more["steps"], 6)
