@@ -92,6 +92,29 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 
   c.mesh = "data:-1,fsdp:1"
 
 
+def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) -> None:
+  """What learned fastest per wall second on 2 cores (BUILD_NOTES.md, "CPU learning").
+
+  Tiny HRM (hidden 64, 4 heads, 2 layers per module, RoPE), M=4 segments (M=8 was
+  slower per second), lr 2e-3 after 100 warm-up steps, batch 128.
+  """
+  shrink_for_cpu(c, hidden=64, heads=4, layers=2)
+  c.model.H_cycles = 2
+  c.model.L_cycles = 2
+  c.model.halt_max_steps = 4
+  c.batch_size = 128
+  c.total_steps = total_steps
+  c.opt.lr = 2e-3
+  c.opt.puzzle_emb_lr = 2e-3
+  c.opt.weight_decay = 0.1
+  c.opt.puzzle_emb_weight_decay = 0.1
+  c.opt.lr_warmup_steps = 100
+  c.eval.every_steps = eval_every
+  c.eval.batch_size = 256
+  c.ckpt.every_steps = eval_every
+  c.log_every_steps = 50
+
+
 def smoke(c: ml_collections.ConfigDict) -> None:
   """Seconds-long runs for tests: a few steps of a minute model on tiny data."""
   shrink_for_cpu(c, hidden=32, heads=2, layers=1)

@@ -27,19 +27,7 @@ def get_config(arg: str | None = None):
     c.data.grid_size = 7
     c.data.train_size = 20000
     c.data.test_size = 512
-    common.shrink_for_cpu(c, hidden=64, heads=4, layers=2)
-    c.model.halt_max_steps = 4
-    c.batch_size = 128
-    c.total_steps = 4000
-    c.opt.lr = 2e-3
-    c.opt.puzzle_emb_lr = 2e-3
-    c.opt.weight_decay = 0.1
-    c.opt.puzzle_emb_weight_decay = 0.1
-    c.opt.lr_warmup_steps = 100
-    c.eval.every_steps = 500
-    c.eval.batch_size = 256
-    c.ckpt.every_steps = 500
-    c.log_every_steps = 100
+    common.cpu_recipe(c, total_steps=4000, eval_every=500)
   elif variant == "smoke":
     common.smoke(c)
     c.data.grid_size = 7

@@ -24,6 +24,7 @@ Paths go through etils.epath so the workdir may be local or gs://.
 maintenance before killing a job) so the loop can save and exit cleanly.
 """
 import json
+import os
 import signal
 import threading
 from typing import Any, Mapping
@@ -115,6 +116,12 @@ def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
         "restored (did the config change?):\n" + "\n".join(problems))
 
 
+def absolute(path: epath.PathLike) -> epath.Path:
+  """Local paths made absolute; URIs (gs://...) unchanged."""
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
 class Checkpointer:
   """Periodic, async, self-pruning checkpoints of one run.
 
@@ -146,7 +153,8 @@ class Checkpointer:
       async_save: write arrays in a background thread; `save` returns once
         the arrays are copied off the devices.
     """
-    self._directory = epath.Path(workdir) / CHECKPOINT_DIR
+    # Orbax rejects relative paths (and only notices inside the async save).
+    self._directory = absolute(workdir) / CHECKPOINT_DIR
     # Orbax's default policy also saves the first step a run reaches; we want
     # exactly the multiples of every_steps (plus forced saves, and orbax's
     # own preemption saves when the JAX preemption service is running).

@@ -126,7 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   """`train_and_evaluate`, also returning the final train state (for tests)."""
   # ---- Setup.
   run_start = time.perf_counter()
-  workdir = epath.Path(workdir)
+  workdir = checkpoint.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if config.get("enable_x64", False):
     jax.config.update("jax_enable_x64", True)  # float64 stablemax, as the reference

@@ -201,3 +201,16 @@ def test_preemption_handler_records_sigterm():
     reached.uninstall()
   # The handler that was there before (pytest's default) is back.
   assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
+  """Orbax refuses relative paths (and only says so inside the async save)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from hrm_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpoint.Checkpointer("relative/run", every_steps=1, async_save=True)
+  assert ckpt.save(1, {"w": jnp.ones(3)}, None, {"pos": 1}, None, force=True)
+  ckpt.wait()
+  ckpt.close()
+  assert (tmp_path / "relative/run/checkpoints/1").exists()
+  assert str(checkpoint.absolute("gs://bucket/run")) == "gs://bucket/run"
