@@ -66,7 +66,7 @@ def train_step(state: TrainState, carry: act.ACTCarry, batch: dict[str, Array],
   new_state = state.replace(step=state.step + 1, params=params, puzzle_emb=puzzle_emb,
                             opt_state=opt_state)
   metric_sums = dict(metric_sums, loss=loss * step_config.global_batch_size,
-                     grad_norm=optax.global_norm((param_grads, row_grads_BxE)),
+                     grad_norm=optax.tree.norm((param_grads, row_grads_BxE)),
                      lr=jnp.asarray(dense_lr_fn(state.step), jnp.float32),
                      puzzle_emb_lr=jnp.asarray(emb_lr, jnp.float32))
   return new_state, new_carry, metric_sums
