@@ -17,6 +17,7 @@ Every subprocess has a timeout, so a hung collective fails the test.
 """
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,10 +25,16 @@ import warnings
 
 import jax
 import numpy as np
-import portpicker
 import pytest
 
 from experiments import sudoku
+
+
+def _free_port() -> int:
+  """A port the OS just handed out (the coordinator binds it right after)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
 from hrm_jax import checkpoint, data, metric_writers, state as state_lib, steps, train
 from hrm_jax.models import hrm
 
@@ -110,7 +117,7 @@ def test_two_processes_match_one(tmp_path):
   shared = str(tmp_path / "two_process")
   single = str(tmp_path / "one_process")
   common = [f"--config.data.data_dir={config.data.data_dir}"]
-  port = portpicker.pick_unused_port()
+  port = _free_port()
 
   start = time.monotonic()
   procs = []
