@@ -15,12 +15,7 @@ from experiments import common
 def get_config(arg: str | None = None):
   variant = common.parse_arg(arg, ("cpu", "smoke"))
   c = common.base_config("maze")
-  c.epochs = 20000
-  c.eval.every_epochs = 2000
-  c.opt.lr = 1e-4
-  c.opt.puzzle_emb_lr = 1e-4
-  c.opt.weight_decay = 1.0
-  c.opt.puzzle_emb_weight_decay = 1.0
+  common.small_sample_paper_settings(c)
 
   if variant == "cpu":
     # Same recipe as sudoku.py:cpu; 7x7 mazes (49 cells), shortest path > 8 moves.

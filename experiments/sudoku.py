@@ -16,14 +16,7 @@ from experiments import common
 def get_config(arg: str | None = None):
   variant = common.parse_arg(arg, ("cpu", "smoke"))
   c = common.base_config("sudoku")
-  # README: epochs=20000 eval_interval=2000 lr=1e-4 puzzle_emb_lr=1e-4
-  # weight_decay=1.0 puzzle_emb_weight_decay=1.0 (26,041 steps at batch 768).
-  c.epochs = 20000
-  c.eval.every_epochs = 2000
-  c.opt.lr = 1e-4
-  c.opt.puzzle_emb_lr = 1e-4
-  c.opt.weight_decay = 1.0
-  c.opt.puzzle_emb_weight_decay = 1.0
+  common.small_sample_paper_settings(c)
   c.eval.max_batches = -1  # the full test set, as the paper
 
   if variant == "cpu":
