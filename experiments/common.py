@@ -43,6 +43,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.model.loss_type = "stablemax_cross_entropy"  # or "softmax_cross_entropy"
   c.model.scan = True  # lax.scan the no-gradient updates (False: Python loop).
   c.model.one_step_gradient = True  # False: backprop through every update (BPTT).
+  # "auto": cuDNN flash attention on GPUs in bf16 (no L x L scores in memory), else
+  # dense XLA attention; "xla" or "cudnn" force one.
+  c.model.attention_impl = "auto"
 
   c.batch_size = 768  # Global batch, split over processes and devices.
   c.epochs = 100000  # Reference epochs (one random variant per group each).

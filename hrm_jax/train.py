@@ -31,7 +31,7 @@ MODEL_FIELDS = (
     "puzzle_emb_ndim", "H_cycles", "L_cycles", "H_layers", "L_layers", "hidden_size",
     "expansion", "num_heads", "pos_encodings", "rms_norm_eps", "rope_theta",
     "halt_max_steps", "halt_exploration_prob", "forward_dtype", "loss_type", "scan",
-    "one_step_gradient")
+    "one_step_gradient", "attention_impl")
 
 
 def model_config(config: ml_collections.ConfigDict,

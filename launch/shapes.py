@@ -52,6 +52,19 @@ def preset_for(data_cfg) -> str:
   return name
 
 
+def shape_for(data_cfg) -> DatasetShape:
+  """The preset of `data_cfg`'s family, resized to its board or grid size
+  (e.g. the 6x6 Sudoku and 7x7 mazes of the CPU variants)."""
+  base = PRESETS[preset_for(data_cfg)]
+  if data_cfg.name == "sudoku" and data_cfg.board_size != 9:
+    # pad + blank + one token per digit
+    return dataclasses.replace(base, vocab_size=data_cfg.board_size + 2,
+                               seq_len=data_cfg.board_size ** 2)
+  if data_cfg.name == "maze" and data_cfg.grid_size != 30:
+    return dataclasses.replace(base, seq_len=data_cfg.grid_size ** 2)
+  return base
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelMetadata:
   """The fields of data.DatasetMetadata that `train.model_config` reads."""

@@ -15,7 +15,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `launch` is scripts, not an installed package
 
-from launch import runners, slurm, summarize, sweeps  # pylint: disable=wrong-import-position
+from launch import runners, shapes, slurm, summarize, sweeps  # pylint: disable=wrong-import-position
 
 EXPECTED_RUNS = {"sudoku": 10, "maze": 9, "arc": 9}
 
@@ -331,3 +331,11 @@ def test_compile_check_overrides_and_errors():
   bad = _script("compile_check.py", "--config=experiments/maze.py", "--mesh=data:-1",
                 check=False)
   assert bad.returncode != 0 and "--num_devices" in bad.stderr
+
+
+def test_dataset_shape_follows_the_cpu_variants():
+  from experiments import maze, sudoku  # pylint: disable=import-outside-toplevel
+  assert shapes.shape_for(sudoku.get_config().data) == shapes.PRESETS["sudoku"]
+  assert shapes.shape_for(sudoku.get_config("cpu").data) == shapes.DatasetShape(8, 36, 1)
+  assert shapes.shape_for(maze.get_config().data) == shapes.PRESETS["maze"]
+  assert shapes.shape_for(maze.get_config("cpu").data) == shapes.DatasetShape(6, 49, 1)

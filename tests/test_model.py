@@ -108,3 +108,29 @@ def test_config_rejects_bad_values():
                   num_heads=4)
   with pytest.raises(ValueError, match="pos_encodings"):
     hrm.HRMConfig(seq_len=4, vocab_size=4, num_puzzle_identifiers=1, pos_encodings="alibi")
+  with pytest.raises(ValueError, match="attention_impl"):
+    hrm.HRMConfig(seq_len=4, vocab_size=4, num_puzzle_identifiers=1,
+                  attention_impl="flash")
+
+
+def test_attention_impl_auto_is_dense_off_gpu():
+  """cuDNN flash attention is chosen only on GPUs in 16-bit; here (CPU) the dense
+  XLA path runs, and asking for cuDNN explicitly fails with the fix named."""
+  if jax.default_backend() == "gpu":
+    pytest.skip("this machine has a GPU: 'auto' picks cuDNN here")
+  assert layers.resolve_attention_impl("auto", jnp.bfloat16) == "xla"
+  assert layers.resolve_attention_impl("auto", jnp.float32) == "xla"
+  assert layers.resolve_attention_impl("xla", jnp.bfloat16) == "xla"
+  with pytest.raises(ValueError, match="needs a GPU.*'auto'"):
+    layers.resolve_attention_impl("cudnn", jnp.bfloat16)
+
+
+def test_dense_attention_matches_softmax_formula():
+  keys = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(key, (2, 5, 3, 4)) for key in keys)
+  out = layers.dense_attention(q, k, v)
+  scores = np.einsum("bqhk,bshk->bhqs", q, k) / 2.0  # sqrt(head_dim 4)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  expected = np.einsum("bhqs,bshk->bqhk", probs, v)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

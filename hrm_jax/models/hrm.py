@@ -54,6 +54,7 @@ class HRMConfig:
   # Implementation switches (not in the reference).
   scan: bool = True  # lax.scan over the no-gradient updates; False = Python loop.
   one_step_gradient: bool = True  # False = backprop through all updates (BPTT).
+  attention_impl: str = "auto"  # "xla", "cudnn" (GPU flash attention) or "auto".
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -65,6 +66,9 @@ class HRMConfig:
       raise ValueError("H_cycles and L_cycles must be >= 1.")
     if self.halt_max_steps < 1:
       raise ValueError("halt_max_steps must be >= 1.")
+    if self.attention_impl not in layers.ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: use one of "
+                       f"{layers.ATTENTION_IMPLS}.")
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -102,7 +106,8 @@ class HRMInner(nn.Module):
                                          cfg.rope_theta)
     module = functools.partial(layers.ReasoningModule, num_heads=cfg.num_heads,
                                expansion=cfg.expansion,
-                               rms_norm_eps=cfg.rms_norm_eps)
+                               rms_norm_eps=cfg.rms_norm_eps,
+                               attention_impl=cfg.attention_impl)
     self.H_level = module(num_layers=cfg.H_layers)
     self.L_level = module(num_layers=cfg.L_layers)
     self.lm_head = layers.CastedDense(cfg.vocab_size)

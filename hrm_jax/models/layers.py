@@ -137,8 +137,11 @@ class Attention(nn.Module):
   """Non-causal multi-head self-attention with a fused QKV projection.
 
   No mask at all, as in the reference: padding and the puzzle prefix are attended.
+  `impl`: "xla" (dense scores, any backend), "cudnn" (fused flash attention,
+  GPU, 16-bit only) or "auto" (cudnn where it applies).
   """
   num_heads: int
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x_BxLxD: Array, cos_sin) -> Array:
@@ -157,13 +160,57 @@ class Attention(nn.Module):
       k_BxLxHxK = apply_rope(k_BxLxHxK, *cos_sin, dtype)
     else:
       q_BxLxHxK, k_BxLxHxK = q_BxLxHxK.astype(dtype), k_BxLxHxK.astype(dtype)
-    scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
-                                preferred_element_type=jnp.float32)
-    probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL * (1.0 / math.sqrt(K)), axis=-1)
-    out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype),
-                             v_BxLxHxK, preferred_element_type=jnp.float32)
+    if resolve_attention_impl(self.impl, dtype) == "cudnn":
+      # Fused flash attention: no B x H x L x L scores in memory (30x30 grids).
+      out_BxLxHxK = cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    else:
+      out_BxLxHxK = dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
     out_BxLxD = out_BxLxHxK.astype(dtype).reshape(B, L, D)
     return CastedDense(D, keep_float32=True, name="o_proj")(out_BxLxD)
+
+
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def resolve_attention_impl(impl: str, dtype) -> str:
+  """"auto" -> cuDNN flash attention on GPUs for 16-bit activations, else "xla"."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r}: use one of {ATTENTION_IMPLS}.")
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  on_gpu = jax.default_backend() == "gpu"
+  if impl == "cudnn" and not (half and on_gpu):
+    raise ValueError(
+        f"attention_impl='cudnn' needs a GPU and bfloat16/float16 activations (backend "
+        f"{jax.default_backend()!r}, forward_dtype {jnp.dtype(dtype).name}); use "
+        "attention_impl='auto' (picks cuDNN where it applies) or 'xla'.")
+  if impl != "auto":
+    return impl
+  return "cudnn" if half and on_gpu else "xla"
+
+
+def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Array:
+  """cuDNN flash attention; L is padded to a multiple of 64 (cuDNN's tile) with
+  the padded keys masked out by `key_value_seq_lengths`."""
+  B, L = q_BxLxHxK.shape[:2]
+  pad = (-L) % 64
+  if pad:
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (jnp.pad(t, widths)
+                                       for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+  out = jax.nn.dot_product_attention(
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="cudnn",
+      key_value_seq_lengths=jnp.full((B,), L, jnp.int32) if pad else None)
+  return out[:, :L]
+
+
+def dense_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Array:
+  """softmax(q k^T / sqrt(K)) v with float32 scores; returns float32 BxLxHxK."""
+  K = q_BxLxHxK.shape[-1]
+  scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
+                              preferred_element_type=jnp.float32)
+  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL * (1.0 / math.sqrt(K)), axis=-1)
+  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype),
+                    v_BxLxHxK, preferred_element_type=jnp.float32)
 
 
 def swiglu_width(hidden_size: int, expansion: float) -> int:
@@ -196,11 +243,12 @@ class PostNormBlock(nn.Module):
   num_heads: int
   expansion: float
   rms_norm_eps: float
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, h_BxLxD: Array, cos_sin) -> Array:
     dtype = h_BxLxD.dtype
-    attn = Attention(self.num_heads, name="self_attn")(h_BxLxD, cos_sin)
+    attn = Attention(self.num_heads, self.attention_impl, name="self_attn")(h_BxLxD, cos_sin)
     h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps).astype(dtype)
     mlp = SwiGLU(self.expansion, name="mlp")(h_BxLxD)
     return rms_norm(h_BxLxD + mlp, self.rms_norm_eps).astype(dtype)
@@ -212,11 +260,12 @@ class ReasoningModule(nn.Module):
   num_heads: int
   expansion: float
   rms_norm_eps: float
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z_BxLxD: Array, injection_BxLxD: Array, cos_sin) -> Array:
     h_BxLxD = z_BxLxD + injection_BxLxD
     for i in range(self.num_layers):
       h_BxLxD = PostNormBlock(self.num_heads, self.expansion, self.rms_norm_eps,
-                              name=f"layers_{i}")(h_BxLxD, cos_sin)
+                              self.attention_impl, name=f"layers_{i}")(h_BxLxD, cos_sin)
     return h_BxLxD
