@@ -97,7 +97,7 @@ def small_sample_paper_settings(c: ml_collections.ConfigDict) -> None:
 
 def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 2,
                    layers: int = 1) -> None:
-  """A tiny HRM in float32 (bf16 brings no speed on CPUs)."""
+  """A tiny HRM in float32 (`cpu_recipe` switches to bfloat16: faster there)."""
   c.model.hidden_size = hidden
   c.model.num_heads = heads
   c.model.puzzle_emb_ndim = hidden
@@ -111,9 +111,11 @@ def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) 
   """What learned fastest per wall second on 2 cores (BUILD_NOTES.md, "CPU learning").
 
   Tiny HRM (hidden 64, 4 heads, 2 layers per module, RoPE), M=4 segments (M=8 was
-  slower per second), lr 2e-3 after 100 warm-up steps, batch 128.
+  slower per second), lr 2e-3 after 100 warm-up steps, batch 128, bfloat16
+  activations (1.5x the float32 step rate on a 2-core AVX-512 CPU, same accuracy).
   """
   shrink_for_cpu(c, hidden=64, heads=4, layers=2)
+  c.model.forward_dtype = "bfloat16"
   c.model.H_cycles = 2
   c.model.L_cycles = 2
   c.model.halt_max_steps = 4

@@ -50,8 +50,39 @@ def _matmul(x: Array, w: Array, keep_float32: bool = False) -> Array:
   accumulator directly and XLA fuses the rounding into it, instead of a
   separate pass over the activation (as costly as the matmul itself on CPUs).
   """
-  y = jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+  if x.dtype == jnp.float32:
+    y = jnp.matmul(x, w, preferred_element_type=jnp.float32)
+  else:
+    y = _low_precision_matmul(x, w)
   return y if keep_float32 else y.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _low_precision_matmul(x: Array, w: Array) -> Array:
+  """x [..., in] (bf16/f16) @ w [in, out] (float32 parameter) -> float32 [..., out].
+
+  Forward: w is cast to x's dtype, products accumulated in float32. Backward as
+  mixed precision does it (PyTorch autocast too): the incoming float32 cotangent is
+  rounded to x's dtype, so both gradient matmuls take 16-bit operands (JAX's own
+  rule would run them in float32, at half the speed, on float32 copies); dw is
+  accumulated and returned in float32.
+  """
+  return jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+def _low_precision_matmul_fwd(x, w):
+  return _low_precision_matmul(x, w), (x, w)
+
+
+def _low_precision_matmul_bwd(residuals, g):
+  x, w = residuals
+  g = g.astype(x.dtype)
+  dx = jnp.matmul(g, w.astype(x.dtype).T, preferred_element_type=jnp.float32)
+  dw = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
 class CastedDense(nn.Module):
@@ -188,9 +219,11 @@ def resolve_attention_impl(impl: str, dtype) -> str:
   return "cudnn" if half and on_gpu else "xla"
 
 
-def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Array:
+def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array,
+                    scale: float | None = None) -> Array:
   """cuDNN flash attention; L is padded to a multiple of 64 (cuDNN's tile) with
-  the padded keys masked out by `key_value_seq_lengths`."""
+  the padded keys masked out by `key_value_seq_lengths`. `scale` multiplies the
+  scores (default 1/sqrt(K))."""
   B, L = q_BxLxHxK.shape[:2]
   pad = (-L) % 64
   if pad:
@@ -198,17 +231,22 @@ def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Arr
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (jnp.pad(t, widths)
                                        for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
   out = jax.nn.dot_product_attention(
-      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="cudnn",
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="cudnn", scale=scale,
       key_value_seq_lengths=jnp.full((B,), L, jnp.int32) if pad else None)
   return out[:, :L]
 
 
-def dense_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Array:
-  """softmax(q k^T / sqrt(K)) v with float32 scores; returns float32 BxLxHxK."""
-  K = q_BxLxHxK.shape[-1]
+def dense_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array,
+                    scale: float | None = None) -> Array:
+  """softmax(scale * q k^T) v with float32 scores (scale default 1/sqrt(K));
+  returns float32 BxLxHxK."""
   scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
                               preferred_element_type=jnp.float32)
-  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL * (1.0 / math.sqrt(K)), axis=-1)
+  if scale is None:
+    scale = 1.0 / math.sqrt(q_BxLxHxK.shape[-1])
+  if scale != 1.0:
+    scores_BxHxLxL = scores_BxHxLxL * scale
+  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
   return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype),
                     v_BxLxHxK, preferred_element_type=jnp.float32)
 
