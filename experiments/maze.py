@@ -8,6 +8,8 @@ Without the CSV files, `source=generate` builds Maze-Hard-like mazes locally.
 
 CPU (2 cores): small mazes with the same charset and rules:
   python -m hrm_jax.main --config=experiments/maze.py:cpu --workdir=/tmp/hrm_maze_cpu
+Measured on a 2-core CPU (BUILD_NOTES.md): 90% exact on 512 held-out 7x7 mazes
+after 2000 steps (~12 minutes, data and compilation included), ~94% at 3000.
 """
 from experiments import common
 

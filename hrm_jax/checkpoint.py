@@ -88,6 +88,18 @@ def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   }
 
 
+Shape = tuple[int, ...]
+
+
+def diff_shapes(have: Mapping[str, Shape], want: Mapping[str, Shape]
+                ) -> list[tuple[str, Shape | None, Shape | None]]:
+  """`(path, have_shape, want_shape)` for every path whose shape differs between
+  two flat `path -> shape` maps, sorted by path; None where a side lacks it."""
+  return [(path, have.get(path), want.get(path))
+          for path in sorted(have.keys() | want.keys())
+          if have.get(path) != want.get(path)]
+
+
 def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
   """Raises CheckpointMismatchError unless every saved shape fits `target`.
 
@@ -97,19 +109,15 @@ def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
     target: the abstract pytree about to be restored into.
   """
   saved_tree = getattr(saved_metadata, "tree", saved_metadata)
-  saved = _flat_shapes(saved_tree)
-  wanted = _flat_shapes(target)
   problems = []
-  for path in sorted(wanted.keys() | saved.keys()):
-    if path not in saved:
-      problems.append(f"  {item}/{path}: missing in checkpoint "
-                      f"(target shape {wanted[path]})")
-    elif path not in wanted:
-      problems.append(f"  {item}/{path}: in checkpoint (shape {saved[path]}) "
-                      "but not in target")
-    elif saved[path] != wanted[path]:
-      problems.append(f"  {item}/{path}: checkpoint shape {saved[path]} != "
-                      f"target shape {wanted[path]}")
+  for path, saved, wanted in diff_shapes(_flat_shapes(saved_tree), _flat_shapes(target)):
+    if saved is None:
+      problems.append(f"  {item}/{path}: missing in checkpoint (target shape {wanted})")
+    elif wanted is None:
+      problems.append(f"  {item}/{path}: in checkpoint (shape {saved}) but not in target")
+    else:
+      problems.append(f"  {item}/{path}: checkpoint shape {saved} != "
+                      f"target shape {wanted}")
   if problems:
     raise CheckpointMismatchError(
         f"Checkpoint item {item!r} does not fit the model/optimiser being "

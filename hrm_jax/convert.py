@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hrm_jax import checkpoint
 from hrm_jax.models import hrm
 # Re-exported: the name mapping lives in torch_names.py.
 from hrm_jax.torch_names import _DIRECT, _LAYER, strip_prefixes, torch_state_to_variables  # pylint: disable=unused-import
@@ -278,17 +279,16 @@ def check_shapes(config: hrm.HRMConfig, converted: Mapping[str, Any]) -> None:
   expected = jax.eval_shape(lambda: hrm.init_variables(model, jax.random.key(0)))
   problems = []
   for item in ("params", "buffers"):
-    want, have = _flat(expected[item]), _flat(converted[item])
-    for path in sorted(want.keys() | have.keys()):
-      if path not in have:
+    for path, have, want in checkpoint.diff_shapes(_flat(converted[item]),
+                                                   _flat(expected[item])):
+      if have is None:
         problems.append(f"  {item}/{path}: missing from the checkpoint "
-                        f"(expected shape {want[path]})")
-      elif path not in want:
-        problems.append(f"  {item}/{path}: shape {have[path]} is in the checkpoint "
+                        f"(expected shape {want})")
+      elif want is None:
+        problems.append(f"  {item}/{path}: shape {have} is in the checkpoint "
                         "but not in a model with this config")
-      elif have[path] != want[path]:
-        problems.append(f"  {item}/{path}: checkpoint shape {have[path]} != "
-                        f"expected {want[path]}")
+      else:
+        problems.append(f"  {item}/{path}: checkpoint shape {have} != expected {want}")
   if config.puzzle_emb_ndim > 0:
     table = converted["puzzle_emb"]
     want_table = (config.num_puzzle_identifiers, config.puzzle_emb_ndim)

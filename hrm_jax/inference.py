@@ -91,12 +91,16 @@ def read_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
 def load_workdir(workdir: epath.PathLike) -> Loaded:
   """Restores the newest checkpoint of a training run onto one device.
 
-  Dataset metadata (vocabulary, length, puzzle ids) comes from the test split
-  of the run's dataset, which the run built in `config.data.data_dir`.
+  Dataset metadata (vocabulary, length, puzzle ids and names) comes from the
+  run's WORKDIR/dataset.json; runs older than that file fall back to the test
+  split of the run's dataset (rebuilt in `config.data.data_dir` if missing).
   """
   config = read_run_config(workdir)
-  test_split = data.load(config.data, "test")
-  metadata = test_split.metadata
+  saved = data.read_dataset_info(workdir)
+  if saved is None:
+    test_split = data.load(config.data, "test")
+    saved = (test_split.metadata, list(test_split.identifiers))
+  metadata, identifiers = saved
   model_cfg = train.model_config(config, metadata)
   model = hrm.HRMInner(model_cfg)
   total_steps = config.total_steps if config.total_steps > 0 else 1
@@ -115,7 +119,7 @@ def load_workdir(workdir: epath.PathLike) -> Loaded:
     raise InferenceError(f"No checkpoint in {os.fspath(workdir)!r}.")
   step, state, _, _ = restored
   return Loaded(model=model, config=model_cfg, state=state.replace(opt_state=None),
-                kind=str(config.data.name), identifiers=list(test_split.identifiers),
+                kind=str(config.data.name), identifiers=identifiers,
                 run_config=config, step=int(step), source=os.fspath(workdir))
 
 
@@ -259,38 +263,6 @@ def predict(loaded: Loaded, inputs_BxS: np.ndarray, puzzle_identifiers_B: np.nda
 
 
 # ------------------------------------------------------------------- checks
-
-
-def maze_path_problem(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> str | None:
-  """Why `answer` is not a valid solution of `maze` (None if it is).
-
-  Valid: the answer equals the maze except open cells marked "o", and S
-  reaches G moving only through "o" cells. (Shortness is reported separately
-  by `maze_path_is_shortest`.) Both are token grids.
-  """
-  maze_NxN, answer_NxN = np.asarray(maze_NxN), np.asarray(answer_NxN)
-  changed = maze_NxN != answer_NxN
-  bad = changed & ~((maze_NxN == maze_data.OPEN) & (answer_NxN == maze_data.PATH))
-  if bad.any():
-    r, c = (int(v) for v in np.argwhere(bad)[0])
-    return (f"{int(bad.sum())} cell(s) differ from the maze other than open cells "
-            f"marked 'o' (first at row {r + 1}, column {c + 1})")
-  # Walk S -> G through path cells only: everything else becomes a wall.
-  route = np.where(np.isin(answer_NxN, (maze_data.START, maze_data.GOAL,
-                                        maze_data.PATH)),
-                   answer_NxN, maze_data.WALL).astype(np.uint8)
-  start = tuple(int(v) for v in np.argwhere(route == maze_data.START)[0])
-  goal = tuple(int(v) for v in np.argwhere(route == maze_data.GOAL)[0])
-  dist, _ = maze_data.bfs(route, start)
-  if dist[goal] < 0:
-    return "the 'o' cells do not connect S to G"
-  return None
-
-
-def maze_path_is_shortest(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> bool:
-  """True if a valid answer marks exactly as many cells as a shortest path."""
-  _, length, _ = maze_data.shortest_path_label(np.asarray(maze_NxN))
-  return int(np.sum(np.asarray(answer_NxN) == maze_data.PATH)) == length - 1
 
 
 def sigmoid(x: Any) -> Any:

@@ -159,23 +159,15 @@ def parse_arc(path: str) -> tuple[arc_data.Task, list[bool]]:
       obj = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise SolveError(f"--arc {path!r} is not valid JSON: {e}") from None
-  has_output = []
-  if isinstance(obj, dict) and isinstance(obj.get("test"), list):
-    obj = dict(obj, test=list(obj["test"]))
-    for i, pair in enumerate(obj["test"]):
-      known = isinstance(pair, dict) and "output" in pair
-      has_output.append(known)
-      if isinstance(pair, dict) and not known and "input" in pair:
-        # Validated like any grid; never used as an answer.
-        obj["test"][i] = dict(pair, output=pair["input"])
   task_id = os.path.splitext(os.path.basename(path))[0]
   try:
-    task = arc_data.parse_task(obj, task_id, "", f"--arc {path!r}")
+    task = arc_data.parse_task(obj, task_id, "", f"--arc {path!r}",
+                               test_outputs_required=False)
   except errors.DataError as e:
     raise SolveError(str(e)) from None
   if not task.test:
     raise SolveError(f"--arc {path!r} has no test inputs to solve.")
-  return task, has_output
+  return task, [output is not None for _, output in task.test]
 
 
 # ------------------------------------------------------------------ solving
@@ -227,10 +219,10 @@ def solve_maze(loaded: inference.Loaded, grid: np.ndarray, M: int,
                           halt_max_steps=M, adaptive=adaptive)
   answer = out["predictions"][0].reshape(grid.shape)
   if np.all((answer >= 1) & (answer <= len(maze_data.CHARSET))):
-    problem = inference.maze_path_problem(grid, answer)
+    problem = maze_data.path_problem(grid, answer)
   else:
     problem = "the model output PAD tokens"
-  shortest = problem is None and inference.maze_path_is_shortest(grid, answer)
+  shortest = problem is None and maze_data.path_is_shortest(grid, answer)
   rows = [maze_data.decode(np.clip(r, 1, len(maze_data.CHARSET))) for r in answer]
   used = int(out["steps"][0])
   return dict(

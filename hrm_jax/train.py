@@ -141,6 +141,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   train_split = data.load(config.data, "train")
   test_split = data.load(config.data, "test")
   metadata = train_split.metadata
+  if jax.process_index() == 0:  # lets solve/visualize load the model without the data
+    data.write_dataset_info(workdir, test_split.metadata, test_split.identifiers)
   total_steps, eval_every = resolve_schedule(config, metadata)
   sampler = data.TrainSampler(train_split, config.batch_size, config.seed,
                               jax.process_index(), jax.process_count())

@@ -194,3 +194,18 @@ def test_missing_directory_and_duplicate_ids(tmp_path):
   _make_root(tmp_path / "r2", {"evaluation": ["same"]})
   with pytest.raises(data.DataError, match="task id same appears"):
     arc.load_tasks(f"dirs:{tmp_path / 'r1'},{tmp_path / 'r2'}")
+
+
+def test_test_outputs_are_optional_only_for_tasks_to_solve():
+  task = {"train": [{"input": [[1]], "output": [[2]]}],
+          "test": [{"input": [[3, 4]]}, {"input": [[5]], "output": [[6]]}]}
+  with pytest.raises(data.DataError, match=r"t1 test\[0\]: needs 'input' and 'output'"):
+    arc.parse_task(task, "t1", "training", "file.json")
+  parsed = arc.parse_task(task, "t1", "", "file.json", test_outputs_required=False)
+  assert parsed.test[0][1] is None
+  np.testing.assert_array_equal(parsed.test[0][0], [[3, 4]])
+  np.testing.assert_array_equal(parsed.test[1][1], [[6]])
+  # Demonstrations always need their outputs.
+  del task["train"][0]["output"]
+  with pytest.raises(data.DataError, match=r"train\[0\]: needs 'input' and 'output'"):
+    arc.parse_task(task, "t1", "", "file.json", test_outputs_required=False)

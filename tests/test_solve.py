@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+import env_util
 from hrm_jax import convert, data, inference, metric_writers, solve
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import maze as maze_data
@@ -37,22 +38,13 @@ LEARNABLE = {
 }
 
 
-def single_device_env():
-  """The environment minus conftest's 8 fake CPU devices: the tiny model
-  trains ~2x faster on one, and the checkpoint restores on any count."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "xla_force_host_platform_device_count" not in f)
-  return env
-
-
 def train_smoke(experiment, workdir, data_dir, overrides):
   """The real trainer CLI, in a subprocess; returns the saved run config."""
   args = [f"--config.{k}={v}" for k, v in overrides.items()]
   proc = subprocess.run(
       [sys.executable, "-m", "hrm_jax.main", f"--config=experiments/{experiment}:smoke",
        f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args],
-      capture_output=True, text=True, cwd=REPO_ROOT, env=single_device_env(),
+      capture_output=True, text=True, cwd=REPO_ROOT, env=env_util.single_device_env(),
       check=False, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return inference.read_run_config(workdir)
@@ -153,18 +145,18 @@ def test_maze_path_check():
   grid = lambda text: maze_data.encode(text).reshape(5, 5)
   maze = grid("#####" "#S  #" "### #" "#G  #" "#####")
   solved = grid("#####" "#Soo#" "###o#" "#Goo#" "#####")
-  assert inference.maze_path_problem(maze, solved) is None
-  assert inference.maze_path_is_shortest(maze, solved)
+  assert maze_data.path_problem(maze, solved) is None
+  assert maze_data.path_is_shortest(maze, solved)
   broken = grid("#####" "#Soo#" "### #" "#Goo#" "#####")
-  assert "do not connect S to G" in inference.maze_path_problem(maze, broken)
+  assert "do not connect S to G" in maze_data.path_problem(maze, broken)
   through_wall = grid("#####" "#Soo#" "###o#" "#Goo#" "###o#")
-  assert "differ from the maze" in inference.maze_path_problem(maze, through_wall)
+  assert "differ from the maze" in maze_data.path_problem(maze, through_wall)
   detour = grid("#####" "#So #" "#o# #" "#G  #" "#####")
   detour_maze = grid("#####" "#S  #" "# # #" "#G  #" "#####")
-  assert inference.maze_path_problem(detour_maze, detour) is None
+  assert maze_data.path_problem(detour_maze, detour) is None
   longer = grid("#####" "#Soo#" "# #o#" "#Goo#" "#####")
-  assert inference.maze_path_problem(detour_maze, longer) is None
-  assert not inference.maze_path_is_shortest(detour_maze, longer)
+  assert maze_data.path_problem(detour_maze, longer) is None
+  assert not maze_data.path_is_shortest(detour_maze, longer)
 
 
 def _fake_arc_model(identifiers):
@@ -261,3 +253,18 @@ def test_missing_checkpoint(tmp_path):
     solve.run(workdir=str(tmp_path), sudoku="3102423124131324")
   with pytest.raises(solve.SolveError, match=r"not a converted HRM checkpoint"):
     solve.run(converted=str(tmp_path), sudoku="3102423124131324")
+
+
+def test_solve_needs_the_workdir_only(run, monkeypatch):
+  """dataset.json in the workdir carries vocab, length and puzzle ids: solving
+  never touches the run's dataset (which may be gone, or a user's CSVs)."""
+  workdir, boards, answers = run
+  info = json.loads((pathlib.Path(workdir) / "dataset.json").read_text())
+  assert info["metadata"]["seq_len"] == 16 and info["identifiers"][0] == "<blank>"
+
+  def no_data(*args, **kwargs):
+    raise AssertionError(f"the dataset was read: {args}")
+
+  monkeypatch.setattr(data, "load", no_data)
+  result = solve.run(workdir=workdir, sudoku=_text(boards[1]))
+  np.testing.assert_array_equal(result["solution"], answers[1])

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import env_util
 from hrm_jax import visualize
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import maze as maze_data
@@ -24,17 +25,10 @@ from hrm_jax.data import sudoku as sudoku_data
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _env():
-  """Without conftest's 8 fake devices: the smoke run compiles ~2x faster."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "xla_force_host_platform_device_count" not in f)
-  return env
-
-
 def _run(module, *args):
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                        text=True, cwd=REPO_ROOT, env=_env(), check=False, timeout=600)
+                        text=True, cwd=REPO_ROOT, env=env_util.single_device_env(),
+                        check=False, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,13 @@ from hrm_jax.data.loader import load
 from hrm_jax.data.puzzles import DatasetMetadata
 from hrm_jax.data.puzzles import IGNORE_LABEL_ID
 from hrm_jax.data.puzzles import PuzzleSplit
+from hrm_jax.data.puzzles import read_dataset_info
+from hrm_jax.data.puzzles import write_dataset_info
 from hrm_jax.data.sampler import eval_batches
 from hrm_jax.data.sampler import TrainSampler
 
 __all__ = [
     "DataError", "DatasetMetadata", "IGNORE_LABEL_ID", "PuzzleSplit",
-    "TrainSampler", "default_config", "eval_batches", "load",
+    "TrainSampler", "default_config", "eval_batches", "load", "read_dataset_info",
+    "write_dataset_info",
 ]

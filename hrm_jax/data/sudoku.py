@@ -81,7 +81,8 @@ def parse_board(text: str, n: int, path="<string>", line=1) -> np.ndarray:
 
 
 def solution_problems(puzzles_Nxnxn: np.ndarray, solutions_Nxnxn: np.ndarray):
-  """First (row index, reason) why a solution is not a valid completion.
+  """First (row index, reason) why a solution is not a valid completion (the
+  reason counts rows, columns and boxes from 1, as people do).
 
   Returns None when every solution is valid and agrees with its givens.
   """
@@ -105,7 +106,7 @@ def solution_problems(puzzles_Nxnxn: np.ndarray, solutions_Nxnxn: np.ndarray):
     if rows.size and (first is None or rows[0] < first[0]):
       i = int(rows[0])
       reason = (check[1] if len(check) == 2 else
-                f"solution {check[2]} {int(check[1][i])} is not a "
+                f"solution {check[2]} {int(check[1][i]) + 1} is not a "
                 f"permutation of 1..{n}")
       first = (i, reason)
   return first
