@@ -1,6 +1,7 @@
 """Sudoku-Extreme (9x9), the paper's "Sudoku-Extreme 1k" run.
 
-Paper scale (default; 8 GPUs in the paper, ~10 min there; ~1 h on one H200):
+Paper scale (default; 8 GPUs in the paper, ~10 min there; on one H100 the step
+runs at 3,630 examples/s (BUILD_NOTES.md), ~1.5 h for the 26k steps):
   python -m hrm_jax.main --config=experiments/sudoku.py --workdir=/tmp/hrm_sudoku \
     --config.data.source=csv:/path/to/sudoku-extreme
 Expected: eval/exact_accuracy ~0.55 (paper 55.0%; community runs 45-57%).
@@ -20,8 +21,8 @@ def get_config(arg: str | None = None):
   c.eval.max_batches = -1  # the full test set, as the paper
 
   if variant == "cpu":
-    # Measured on 2 cores (BUILD_NOTES.md): 94% exact on 512 held-out boards in
-    # 9 minutes, data generation and compilation included.
+    # Measured on 2 cores (BUILD_NOTES.md): 97% exact on 512 held-out boards in
+    # 6.5 minutes (91% after 3.5), data generation and compilation included.
     c.data.board_size = 6  # 2x3 boxes, vocab 8, 36 cells
     # 16 blanks plateaued at ~84% (86% with 16 eval segments) within the budget.
     c.data.num_blanks = 14
