@@ -2,7 +2,7 @@
 input fails with a message naming the problem.
 
 The fixture runs the real trainer CLI on 4x4 Sudoku with one blank per board
-for 500 steps (~25 s on 2 CPU cores, most of it data building and
+for 800 steps (~12 s on 2 CPU cores, most of it data building and
 compilation). That task is easy but not trivial:
 the model must find the one digit missing from a row/column/box, and a
 2-step smoke model gets it wrong (exact accuracy 0), so "solve returns a
@@ -33,8 +33,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LEARNABLE = {
     "data.num_blanks": 1, "data.train_size": 256, "data.num_aug": 0,
     "data.test_size": 32, "opt.lr": 1e-3, "opt.puzzle_emb_lr": 1e-3,
-    "opt.weight_decay": 0.1, "opt.lr_warmup_steps": 10, "total_steps": 500,
-    "eval.every_steps": 500, "ckpt.every_steps": 500, "log_every_steps": 100,
+    "opt.weight_decay": 0.1, "opt.lr_warmup_steps": 10, "total_steps": 800,
+    # A constant lr left exact accuracy swinging 72-100% between evaluations (and
+    # below the fixture's 90% bar on one machine kind); the cosine decay settles it.
+    "opt.lr_min_ratio": 0.1,
+    "eval.every_steps": 800, "ckpt.every_steps": 800, "log_every_steps": 100,
 }
 
 
