@@ -219,11 +219,9 @@ def resolve_attention_impl(impl: str, dtype) -> str:
   return "cudnn" if half and on_gpu else "xla"
 
 
-def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array,
-                    scale: float | None = None) -> Array:
-  """cuDNN flash attention; L is padded to a multiple of 64 (cuDNN's tile) with
-  the padded keys masked out by `key_value_seq_lengths`. `scale` multiplies the
-  scores (default 1/sqrt(K))."""
+def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Array:
+  """cuDNN flash attention (scores scaled by 1/sqrt(K)); L is padded to a multiple
+  of 64 (cuDNN's tile) with the padded keys masked out by `key_value_seq_lengths`."""
   B, L = q_BxLxHxK.shape[:2]
   pad = (-L) % 64
   if pad:
@@ -231,22 +229,17 @@ def cudnn_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array,
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (jnp.pad(t, widths)
                                        for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
   out = jax.nn.dot_product_attention(
-      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="cudnn", scale=scale,
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation="cudnn",
       key_value_seq_lengths=jnp.full((B,), L, jnp.int32) if pad else None)
   return out[:, :L]
 
 
-def dense_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array,
-                    scale: float | None = None) -> Array:
-  """softmax(scale * q k^T) v with float32 scores (scale default 1/sqrt(K));
-  returns float32 BxLxHxK."""
+def dense_attention(q_BxLxHxK: Array, k_BxLxHxK: Array, v_BxLxHxK: Array) -> Array:
+  """softmax(q k^T / sqrt(K)) v with float32 scores; returns float32 BxLxHxK."""
+  K = q_BxLxHxK.shape[-1]
   scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
                               preferred_element_type=jnp.float32)
-  if scale is None:
-    scale = 1.0 / math.sqrt(q_BxLxHxK.shape[-1])
-  if scale != 1.0:
-    scores_BxHxLxL = scores_BxHxLxL * scale
-  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
+  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL * (1.0 / math.sqrt(K)), axis=-1)
   return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype),
                     v_BxLxHxK, preferred_element_type=jnp.float32)
 
