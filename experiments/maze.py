@@ -30,7 +30,6 @@ def get_config(arg: str | None = None):
     common.cpu_recipe(c, total_steps=3000, eval_every=500)
     c.opt.lr = 1e-3
     c.opt.puzzle_emb_lr = 1e-3
-    c.opt.lr_min_ratio = 0.1
   elif variant == "smoke":
     common.smoke(c)
     c.data.grid_size = 7

@@ -31,9 +31,6 @@ def get_config(arg: str | None = None):
     c.data.num_aug = 0
     c.data.test_size = 512
     common.cpu_recipe(c, total_steps=1600, eval_every=400)
-    # Constant lr 2e-3 hovered at 90-96% after step 800; a cosine decay to 2e-4
-    # settles the end of the run (as for maze.py:cpu).
-    c.opt.lr_min_ratio = 0.1
     c.eval.halt_max_steps = 8  # inference-time scaling: 8 segments (trained with 4)
   elif variant == "smoke":
     common.smoke(c)
