@@ -7,10 +7,11 @@ to be kept for the backward pass. Backpropagation through time (BPTT) keeps
 every update's activations, so its memory grows linearly with N*T.
 
 This script checks that claim on the compiled XLA program instead of trusting
-it: for N*T in {4, 16, 64} it builds the full training step (reset_halted,
-act_step(training=True), act_loss, gradients w.r.t. params and the gathered
-puzzle rows, the AdamATan2 update and the sparse SignSGD update of the
-puzzle-embedding table), compiles it, and reads XLA's `memory_analysis()`.
+it: for N*T in {4, 16, 64} it builds the trainer's own train step
+(`steps.build_train_step`: reset_halted, act_step(training=True), act_loss,
+gradients w.r.t. params and the gathered puzzle rows, the AdamATan2 update and
+the sparse SignSGD update of the puzzle-embedding table; state and carry
+donated), compiles it, and reads XLA's `memory_analysis()`.
 It never runs the step, so it takes seconds to a minute on a CPU and needs no
 accelerator (the buffer assignment is the compiler's, per backend: numbers on
 a GPU/TPU differ in detail but not in how they scale).
@@ -30,13 +31,9 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
-from hrm_jax import losses
-from hrm_jax import optim
-from hrm_jax.models import act
+from hrm_jax import sharding, steps
 from hrm_jax.models import hrm
 
 _DTYPES = flags.DEFINE_list(
@@ -50,6 +47,9 @@ _MAX_RATIO = flags.DEFINE_float(
 # (H_cycles, L_cycles): N*T = 4, 16, 64.
 DEPTHS = ((2, 2), (4, 4), (8, 8))
 MB = 1024 * 1024
+OPT = ml_collections.ConfigDict(dict(
+    lr=1e-4, lr_min_ratio=1.0, lr_warmup_steps=100, beta1=0.9, beta2=0.95,
+    weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1))
 
 
 def small_config(H_cycles: int, L_cycles: int, dtype: str) -> hrm.HRMConfig:
@@ -60,58 +60,13 @@ def small_config(H_cycles: int, L_cycles: int, dtype: str) -> hrm.HRMConfig:
       hidden_size=128, num_heads=4, halt_max_steps=8, forward_dtype=dtype)
 
 
-def make_train_step(cfg: hrm.HRMConfig, batch_size: int):
-  """The trainer's step, (state, carry, batch, rng) -> (state, carry, metrics)."""
-  model = hrm.HRMInner(cfg)
-  opt_cfg = ml_collections.ConfigDict(dict(
-      lr=1e-4, lr_min_ratio=1.0, lr_warmup_steps=100, beta1=0.9, beta2=0.95,
-      weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1))
-  dense_tx, puzzle_emb_lr_fn = optim.build_optimizers(opt_cfg, total_steps=10_000)
-
-  def train_step(params, opt_state, table, buffers, carry, batch, rng):
-    carry = act.reset_halted(carry, batch, buffers["H_init"], buffers["L_init"])
-    ids_B = carry.puzzle_identifiers_B
-    rows_BxE = table[ids_B]
-
-    def loss_fn(params, rows_BxE):
-      new_carry, outputs = act.act_step(
-          model, {"params": params, "buffers": buffers}, carry, rows_BxE, rng,
-          training=True)
-      loss, metrics = losses.act_loss(outputs, new_carry, cfg.loss_type)
-      return loss / batch_size, (new_carry, metrics)
-
-    (_, (new_carry, metrics)), (param_grads, row_grads_BxE) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(params, rows_BxE)
-    emb_lr = puzzle_emb_lr_fn(opt_state.count)
-    updates, opt_state = dense_tx.update(param_grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    table = optim.sign_sgd_sparse_update(table, ids_B, row_grads_BxE, emb_lr,
-                                         opt_cfg.puzzle_emb_weight_decay)
-    return params, opt_state, table, new_carry, metrics
-
-  def abstract_args():
-    variables = jax.eval_shape(
-        lambda: hrm.init_variables(model, jax.random.key(0), batch_size))
-    opt_state = jax.eval_shape(dense_tx.init, variables["params"])
-    table = jax.ShapeDtypeStruct((cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim),
-                                 jnp.float32)
-    carry = jax.eval_shape(lambda: act.initial_carry(cfg, batch_size))
-    batch = {k: jax.ShapeDtypeStruct((batch_size, cfg.seq_len), jnp.int32)
-             for k in ("inputs", "labels")}
-    batch["puzzle_identifiers"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    rng = jax.eval_shape(lambda: jax.random.key(0))
-    return (variables["params"], opt_state, table, variables["buffers"], carry,
-            batch, rng)
-
-  return train_step, abstract_args
-
-
-def measure(cfg: hrm.HRMConfig, batch_size: int) -> dict[str, float]:
-  """Compiles the step (params, optimiser state, table and carry donated)."""
-  train_step, abstract_args = make_train_step(cfg, batch_size)
+def measure(cfg, batch_size: int) -> dict[str, float]:
+  """Compiles the trainer's step for `cfg` on one device; XLA's memory figures."""
+  mesh = sharding.make_mesh("data:1", jax.devices()[:1])
+  program = steps.build_train_step(cfg, OPT, total_steps=10_000,
+                                   global_batch_size=batch_size, mesh=mesh)
   start = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0, 1, 2, 4)).lower(
-      *abstract_args()).compile()
+  compiled = program.step.lower(*program.abstract_args()).compile()
   seconds = time.perf_counter() - start
   stats = compiled.memory_analysis()
   if stats is None:

@@ -7,26 +7,22 @@ Without --config: the "bench" config (issue 6): seq 81, vocab 11, hidden 128,
 4 heads, expansion 4, H_layers = L_layers = 2, H_cycles = L_cycles = 2,
 halt_max_steps 8, exploration 0.1, batch 64, RoPE, one puzzle id.
 With --config: that experiment's model, optimizer and global batch (or --batch)
-on random tokens of its dataset's shape (`launch/shapes.py`: no dataset is
+on random tokens of its dataset's shape (`hrm_jax.data.shape`: no dataset is
 built), in the config's dtype unless --dtype says otherwise; all on one device.
+The step is the trainer's own (`steps.build_train_step`).
 
 One step = ACT forward (+ the no-grad Q-target segment), loss, backward through
 the last L and H update, AdamATan2, SignSGD. Prints examples/s, median step time
 after warm-up, achieved GFLOP/s (model matmul FLOPs counted analytically by
-`launch.shapes.train_step_flops`) and peak memory; the last line is one JSON
+the family's `train_step_flops`) and peak memory; the last line is one JSON
 object.
 """
 # pylint: disable=invalid-name
 import dataclasses
 import json
-import pathlib
 import resource
 import statistics
-import sys
 import time
-
-if __package__ in (None, ""):  # run as a file: make `launch` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -34,9 +30,8 @@ import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-positi
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from hrm_jax import sharding, state as state_lib, steps, train  # pylint: disable=wrong-import-position
+from hrm_jax import data, models, sharding, steps  # pylint: disable=wrong-import-position
 from hrm_jax.models import hrm  # pylint: disable=wrong-import-position
-from launch import shapes  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file (e.g. experiments/maze.py); default: the bench config.",
@@ -59,7 +54,7 @@ def bench_config(dtype: str) -> hrm.HRMConfig:
                        halt_exploration_prob=0.1, pos_encodings="rope", forward_dtype=dtype)
 
 
-def random_batches(cfg: hrm.HRMConfig, batch: int, count: int = 4) -> list[dict]:
+def random_batches(cfg, batch: int, count: int = 4) -> list[dict]:
   rng = np.random.default_rng(0)
   shape = (batch, cfg.seq_len)
   return [{"inputs": rng.integers(1, cfg.vocab_size, shape).astype(np.int32),
@@ -74,33 +69,28 @@ def peak_device_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def measure(cfg: hrm.HRMConfig, opt: ml_collections.ConfigDict, batch: int,
-            num_steps: int) -> dict:
+def measure(cfg, opt: ml_collections.ConfigDict, batch: int, num_steps: int) -> dict:
   mesh = sharding.make_mesh("data:1", jax.devices()[:1])
-  model = hrm.HRMInner(cfg)
-  step_fn, tx = steps.make_train_step(model, opt, total_steps=10_000,
-                                      global_batch_size=batch)
-  state, state_sh = state_lib.create_sharded_state(model, tx, jax.random.key(0), mesh)
-  carry, carry_sh = state_lib.create_sharded_carry(cfg, batch, mesh)
-  jitted = jax.jit(step_fn, in_shardings=(state_sh, carry_sh, None, None),
-                   out_shardings=(state_sh, carry_sh, None), donate_argnums=(0, 1))
+  program = steps.build_train_step(cfg, opt, total_steps=10_000, global_batch_size=batch,
+                                   mesh=mesh)
+  state, carry = program.init_state(jax.random.key(0)), program.init_carry()
   batches = random_batches(cfg, batch)
   t0 = time.perf_counter()
-  state, carry, m = jitted(state, carry, batches[0], jax.random.key(1))
+  state, carry, m = program.step(state, carry, batches[0], jax.random.key(1))
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
   for i in range(3):  # warm-up
-    state, carry, m = jitted(state, carry, batches[i % 4], jax.random.key(1))
+    state, carry, m = program.step(state, carry, batches[i % 4], jax.random.key(1))
   jax.block_until_ready(m)
   times, cpu_times = [], []
   for i in range(num_steps):
     t0, c0 = time.perf_counter(), time.process_time()
-    state, carry, m = jitted(state, carry, batches[i % 4], jax.random.key(1))
+    state, carry, m = program.step(state, carry, batches[i % 4], jax.random.key(1))
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
     cpu_times.append(time.process_time() - c0)
   step_s = statistics.median(times)
-  flops = shapes.train_step_flops(cfg, batch)
+  flops = models.family_of(cfg).train_step_flops(cfg, batch)
   return {"dtype": cfg.forward_dtype, "batch": batch, "step_s": step_s,
           "examples_per_s": batch / step_s,
           "gflops_per_step": flops / 1e9, "achieved_gflop_s": flops / step_s / 1e9,
@@ -110,17 +100,14 @@ def measure(cfg: hrm.HRMConfig, opt: ml_collections.ConfigDict, batch: int,
 
 
 def runs_to_measure():
-  """[(HRMConfig, optimizer config, batch)] from the flags."""
+  """[(model config, optimizer config, batch)] from the flags."""
   if _CONFIG.value is None:
     dtypes = {None: ["bfloat16", "float32"], "both": ["bfloat16", "float32"]}.get(
         _DTYPE.value, [_DTYPE.value])
     opt = ml_collections.ConfigDict(BENCH_OPT)
     return [(bench_config(d), opt, _BATCH.value or BENCH_BATCH) for d in dtypes]
   config = _CONFIG.value
-  shape = shapes.shape_for(config.data)
-  metadata = shapes.ModelMetadata(shape.vocab_size, shape.seq_len,
-                                  shape.num_puzzle_identifiers)
-  base = train.model_config(config, metadata)
+  base = models.make_config(config.model, data.shape(config.data))
   dtypes = {None: [base.forward_dtype], "both": ["bfloat16", "float32"]}.get(
       _DTYPE.value, [_DTYPE.value])
   return [(dataclasses.replace(base, forward_dtype=d), config.opt, _BATCH.value or config.batch_size)

@@ -1,51 +1,39 @@
 """Shared defaults and argument parsing of the experiment files.
 
 Every experiment file exposes `get_config(arg=None)` and `sweep(add)`. The
-argument selects a variant: none = the paper's configuration (accelerators),
-`cpu` = a small model and dataset that learn on a 2-core CPU in minutes,
-`smoke` = seconds, for tests.
+argument is a comma-separated list of variant tokens: none = the paper's
+configuration (accelerators), `cpu` = a small model and dataset that learn on a
+2-core CPU in minutes, `smoke` = seconds, for tests; files add their own (e.g.
+`arc2`), and tokens combine (`experiments/arc.py:arc2,cpu`).
 """
 import ml_collections
 
-from hrm_jax import data
+from hrm_jax import data, models
 
 
-def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> str:
-  """'' or None -> 'paper'; anything else must be one of `allowed`."""
-  variant = (arg or "paper").strip()
-  if variant not in ("paper",) + allowed:
-    raise ValueError(f"Unknown config variant {variant!r}; choose one of "
-                     f"{('paper',) + allowed} (e.g. experiments/maze.py:cpu).")
-  return variant
+def parse_arg(arg: str | None, known: tuple[str, ...]) -> frozenset[str]:
+  """The variant tokens of `experiments/X.py:a,b` (big_vision style).
+
+  '' or None is the paper configuration (no tokens). Every token must be one of
+  `known`; an unknown one fails naming the known ones.
+  """
+  tokens = frozenset(t.strip() for t in (arg or "").split(",") if t.strip()) - {"paper"}
+  unknown = sorted(tokens - set(known))
+  if unknown:
+    raise ValueError(f"Unknown config variant(s) {unknown}; known: {list(known)} "
+                     "(combine with commas, e.g. experiments/arc.py:arc2,cpu).")
+  return tokens
 
 
-def base_config(dataset: str) -> ml_collections.ConfigDict:
+def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   """The reference's `cfg_pretrain.yaml` + `hrm_v1.yaml` (spec §1.1, §4.4)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds init, the data order and ACT exploration.
-  c.data = data.default_config(dataset)
+  c.data = data.default_config(family)
 
-  c.model = ml_collections.ConfigDict()
-  c.model.puzzle_emb_ndim = 512  # Width of the learned per-puzzle embedding (prefix token).
-  c.model.H_cycles = 2  # N: high-level updates per segment.
-  c.model.L_cycles = 2  # T: low-level updates per high-level update.
-  c.model.H_layers = 4  # Transformer blocks of the H module.
-  c.model.L_layers = 4  # Transformer blocks of the L module.
-  c.model.hidden_size = 512
-  c.model.expansion = 4.0  # SwiGLU width = round(expansion * hidden * 2/3) up to 256s.
-  c.model.num_heads = 8
-  c.model.pos_encodings = "rope"  # or "learned"
-  c.model.rms_norm_eps = 1e-5
-  c.model.rope_theta = 10000.0
-  c.model.halt_max_steps = 16  # M_max: ACT segments at most (always run at eval).
-  c.model.halt_exploration_prob = 0.1  # epsilon: force a random minimum of segments.
-  c.model.forward_dtype = "bfloat16"  # Activations; weights stay float32.
-  c.model.loss_type = "stablemax_cross_entropy"  # or "softmax_cross_entropy"
-  c.model.scan = True  # lax.scan the no-gradient updates (False: Python loop).
-  c.model.one_step_gradient = True  # False: backprop through every update (BPTT).
-  # "auto": cuDNN flash attention on GPUs in bf16 (no L x L scores in memory), else
-  # dense XLA attention; "xla" or "cudnn" force one.
-  c.model.attention_impl = "auto"
+  # Every field of the model family with its default (the family's config
+  # dataclass is the one source: `hrm_jax/models/hrm.py`, `HRMConfig`).
+  c.model = ml_collections.ConfigDict(models.default_fields(arch))
 
   c.batch_size = 768  # Global batch, split over processes and devices.
   c.epochs = 100000  # Reference epochs (one random variant per group each).
@@ -80,6 +68,12 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   # rerunning the same command resumes.
   c.stop_at_step = -1
   c.enable_x64 = False  # True: float64 stablemax exactly as the reference (slower).
+  # > 0: keep an exponential moving average of the weights at this decay, used for
+  # evaluation, checkpoints' users and the tools (TRM: 0.999; off for HRM).
+  c.ema_rate = 0.0
+  # A workdir (or `convert` output) whose weights start a fresh run (fine-tuning);
+  # ignored when WORKDIR has its own checkpoint (resume order in hrm_jax/train.py).
+  c.init_from = ""
   return c
 
 

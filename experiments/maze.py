@@ -16,11 +16,11 @@ from experiments import common
 
 
 def get_config(arg: str | None = None):
-  variant = common.parse_arg(arg, ("cpu", "smoke"))
+  tokens = common.parse_arg(arg, ("cpu", "smoke"))
   c = common.base_config("maze")
   common.small_sample_paper_settings(c)
 
-  if variant == "cpu":
+  if "cpu" in tokens:
     # 7x7 mazes (49 cells), shortest path > 8 moves. The Sudoku recipe, but at
     # lr 2e-3 mazes learned then collapsed; lr 1e-3 with a cosine decay to 1e-4 was
     # the fastest stable setting of a 36-run sweep (BUILD_NOTES.md, "Maze CPU").
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
     common.cpu_recipe(c, total_steps=3000, eval_every=500)
     c.opt.lr = 1e-3
     c.opt.puzzle_emb_lr = 1e-3
-  elif variant == "smoke":
+  elif "smoke" in tokens:
     common.smoke(c)
     c.data.grid_size = 7
     c.data.train_size = 32

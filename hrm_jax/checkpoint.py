@@ -18,15 +18,15 @@ the target is a configuration error, not corruption: it raises at once,
 naming every mismatching parameter path, instead of crashing deep inside
 tensorstore or silently resuming from an older step.
 
-Paths go through etils.epath so the workdir may be local or gs://.
+Weights only (`restore_weights`): the tools and fine-tuning restore just
+`params`, `buffers`, `puzzle_emb` (and `ema` when saved) from the state item,
+so no optimiser has to be built to match its tree. `save_weights` writes such
+a checkpoint alone (what `convert` makes of a released PyTorch model).
 
-`install_preemption_handler` records SIGTERM (sent by schedulers and TPU
-maintenance before killing a job) so the loop can save and exit cleanly.
+Paths go through etils.epath so the workdir may be local or gs://.
 """
 import json
 import os
-import signal
-import threading
 from typing import Any, Mapping
 
 from absl import logging
@@ -40,10 +40,16 @@ PyTree = Any
 
 CHECKPOINT_DIR = "checkpoints"
 _STATE, _CARRY, _DATA, _CONFIG = "state", "carry", "data", "config"
+# The state entries a trained model is made of (`state.Weights`, + the EMA).
+WEIGHT_KEYS = ("params", "buffers", "puzzle_emb", "ema")
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's arrays do not fit the abstract target restored into."""
+
+
+class WeightsOnlyError(ValueError):
+  """A weights-only checkpoint was asked for a full training state."""
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -72,7 +78,7 @@ def _to_json(tree: ml_collections.ConfigDict | Mapping[str, Any]):
   return json.loads(json.dumps(dict(tree), default=_json_default))
 
 
-def _flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+def flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   """`"a/b/0/c" -> shape` for every array-like leaf, in orbax's key scheme.
 
   Orbax stores a pytree by its serialised form (custom nodes such as optax
@@ -110,7 +116,7 @@ def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
   """
   saved_tree = getattr(saved_metadata, "tree", saved_metadata)
   problems = []
-  for path, saved, wanted in diff_shapes(_flat_shapes(saved_tree), _flat_shapes(target)):
+  for path, saved, wanted in diff_shapes(flat_shapes(saved_tree), flat_shapes(target)):
     if saved is None:
       problems.append(f"  {item}/{path}: missing in checkpoint (target shape {wanted})")
     elif wanted is None:
@@ -190,6 +196,11 @@ class Checkpointer:
     """All saved steps, oldest first."""
     return sorted(self._manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    """Whether `save(step, ...)` would write without `force` (the one save
+    policy: the manager's interval, plus preemption saves)."""
+    return step not in self._manager.all_steps() and self._manager.should_save(step)
+
   def save(self,
            step: int,
            state: PyTree,
@@ -238,6 +249,11 @@ class Checkpointer:
                     abstract_carry: PyTree | None):
     """Restores one step; raises CheckpointMismatchError or any read error."""
     present = self._saved_items(step)
+    if _STATE in present and _DATA not in present:
+      raise WeightsOnlyError(
+          f"{self._directory}/{step} holds weights only (a converted or exported "
+          "model), not a training state: start a new run from it with "
+          f"--config.init_from={self._directory.parent} and another --workdir.")
     if _STATE not in present or _DATA not in present:
       raise FileNotFoundError(
           f"step {step} lacks items {sorted({_STATE, _DATA} - present)}")
@@ -291,7 +307,7 @@ class Checkpointer:
       try:
         state, carry, data_state = self._restore_step(
             step, abstract_state, abstract_carry)
-      except CheckpointMismatchError:
+      except (CheckpointMismatchError, WeightsOnlyError):
         raise
       except Exception as e:  # pylint: disable=broad-exception-caught
         # Orbax/tensorstore raise many types for unreadable files; any of
@@ -308,6 +324,62 @@ class Checkpointer:
     raise RuntimeError(
         f"No readable checkpoint in {self._directory}; fix or remove it:\n" +
         "\n".join(failures))
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step all processes agreed to save at after a preemption
+    notice (JAX's preemption sync point; multi-process runs only)."""
+    return self._manager.reached_preemption(step)
+
+  def save_weights(self, step: int, weights: Mapping[str, PyTree]) -> None:
+    """Writes a weights-only checkpoint (no optimiser, carry or data position):
+    `{"params", "buffers", "puzzle_emb"}` under the state item."""
+    tree = {"step": jax.numpy.asarray(step, jax.numpy.int32), **weights}
+    self._manager.save(step, args=ocp.args.Composite(
+        **{_STATE: ocp.args.StandardSave(tree)}), force=True)
+    self._manager.wait_until_finished()
+
+  def restore_weights(self, sharding: jax.sharding.Sharding | None = None,
+                      step: int | None = None) -> tuple[int, dict[str, PyTree]]:
+    """Restores only the model's weights of the newest readable step (or `step`).
+
+    Restores `params`, `buffers`, `puzzle_emb` and, when the run kept one,
+    `ema`, in their saved shapes and dtypes, onto `sharding` (default: the
+    first device); the optimiser state is never read.
+
+    Returns:
+      (step, {key: pytree}) for the keys of WEIGHT_KEYS that were saved.
+
+    Raises:
+      FileNotFoundError: no checkpoint; RuntimeError: none readable.
+    """
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    self._manager.reload()
+    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"No checkpoints in {self._directory}.")
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(_STATE, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
+    failures = []
+    with ocp.CheckpointManager(self._directory, handler_registry=registry,
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+      for s in steps:
+        try:
+          saved = self._manager.item_metadata(s)[_STATE]
+          saved = getattr(saved, "tree", saved)
+          target = {k: jax.tree.map(
+              lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+              saved[k]) for k in WEIGHT_KEYS if saved.get(k) is not None}
+          restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
+                                      target)
+          restored = m.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeRestore(
+              target, restore_args=restore_args, partial_restore=True)}))
+          return s, dict(restored[_STATE])
+        except Exception as e:  # pylint: disable=broad-exception-caught
+          logging.warning("Checkpoint of step %d in %s is unreadable (%s: %s).", s,
+                          self._directory, type(e).__name__, e)
+          failures.append(f"step {s}: {type(e).__name__}: {e}")
+    raise RuntimeError(f"No readable checkpoint in {self._directory}:\n" +
+                       "\n".join(failures))
 
   @staticmethod
   def read_config(workdir: epath.PathLike,
@@ -333,63 +405,7 @@ class Checkpointer:
           step, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
     return restored[_CONFIG]
 
-  def wait(self) -> None:
-    """Blocks until the pending async save is on disk."""
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-class PreemptionFlag:
-  """Callable that says whether a termination signal has arrived.
-
-  The signal handler only sets a flag; the train loop polls it at a step
-  boundary, saves a checkpoint and returns normally (exit code 0), so
-  schedulers that re-queue on SIGTERM resume from that step.
-  """
-
-  def __init__(self, signals: tuple[int, ...]):
-    self._event = threading.Event()
-    self._signals = signals
-    self._previous = {s: signal.signal(s, self._handle) for s in signals}
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("Received signal %d: will save a checkpoint and stop at "
-                    "the next step boundary.", signum)
-    self._event.set()
-
-  def __call__(self) -> bool:
-    """True once a handled signal has arrived."""
-    return self._event.is_set()
-
-  def uninstall(self) -> None:
-    """Restores the handlers that were installed before."""
-    for s, previous in self._previous.items():
-      signal.signal(s, previous)
-
-
-def install_preemption_handler(
-    signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionFlag:
-  """Records SIGTERM instead of dying; returns a `reached()` callable.
-
-  Must be called from the main thread (a Python signal rule). In a multi-host
-  job each process sees its own signal; the trainer should agree on stopping
-  across processes (e.g. all-gather the flag at checkpoint steps) before
-  saving, since every process must take part in the save.
-
-  Args:
-    signals: signals to intercept.
-
-  Returns:
-    A PreemptionFlag: call it to ask whether a signal has arrived.
-  """
-  return PreemptionFlag(signals)
-
-
-def abstract_like(tree: PyTree) -> PyTree:
-  """ShapeDtypeStructs (with shardings) of a pytree of concrete arrays."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hrm_jax.models.act import ACTCarry, IGNORE_LABEL_ID
+from hrm_jax.data.puzzles import IGNORE_LABEL_ID
+from hrm_jax.models.act import ACTCarry
 
 Array = jax.Array
 

@@ -4,6 +4,9 @@ Deliberately short: reads flags, starts jax.distributed when running on several
 processes, logs the platform and hands over to `train.train_and_evaluate`. No
 other module reads flags, so the trainer can be called from tests and notebooks.
 
+Every `--jax_*` option of JAX is a flag here too (e.g. `--jax_num_cpu_devices=4`
+for fake CPU devices, `--jax_platforms=cpu`).
+
 Multi-process: on Cloud TPU pods and SLURM/Open MPI clusters `jax.distributed`
 finds its coordinator by itself (`--distributed=auto`, the default, initialises
 whenever such an environment is detected). Elsewhere pass
@@ -12,9 +15,13 @@ whenever such an environment is detected). Elsewhere pass
 import os
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
 from hrm_jax import log_filters
+
+# Every jax_* config option becomes an absl flag (big_vision does the same).
+jax.config.parse_flags_with_absl()
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, e.g. experiments/maze.py or experiments/maze.py:cpu.",
@@ -27,8 +34,6 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", None, "Fake CPU devices per process (testing multi-device code on a laptop).")
 
 _CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
                 "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
@@ -48,9 +53,10 @@ def main(argv):
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required (where checkpoints and metrics go).")
   logging.get_absl_handler().addFilter(log_filters.QuietLibraries())
-  import jax  # pylint: disable=import-outside-toplevel
-  if _CPU_DEVICES.value:
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  config = _CONFIG.value
+  if config.get("enable_x64", False):
+    # float64 stablemax, as the reference; must precede any JAX computation.
+    jax.config.update("jax_enable_x64", True)
   if _want_distributed():
     # Must precede every other JAX call.
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
@@ -60,7 +66,7 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s).",
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

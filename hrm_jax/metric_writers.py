@@ -2,7 +2,7 @@
 
 One small interface (`write_scalars`, `flush`, `close`) with one class per
 sink, so the trainer writes each metric dict once and does not care where it
-ends up. `create_default_writer` gives process 0 all sinks and every other
+ends up. `writers_for_process` gives process 0 all sinks and every other
 process a no-op, because in a multi-host run every process computes the same
 (globally reduced) metrics and only one copy should be written.
 
@@ -133,13 +133,6 @@ def format_scalars(step: int, scalars: Scalars) -> str:
   return f"step {int(step)}: {parts}"
 
 
-class LoggingWriter(MetricWriter):
-  """Every scalar dict as one log line (absl logging, INFO)."""
-
-  def write_scalars(self, step: int, scalars: Scalars) -> None:
-    logging.info("%s", format_scalars(step, scalars))
-
-
 class MultiWriter(MetricWriter):
   """Forwards every call to each of several writers."""
 
@@ -159,29 +152,24 @@ class MultiWriter(MetricWriter):
       writer.close()
 
 
-def create_default_writer(workdir: epath.PathLike,
-                          process_index: int,
-                          tensorboard: bool = True,
-                          log: bool = True) -> MetricWriter:
-  """JSONL + TensorBoard + logging on process 0, a no-op elsewhere.
+def writers_for_process(workdir: epath.PathLike, process_index: int,
+                        tensorboard: bool = True) -> MetricWriter:
+  """JSONL + TensorBoard on process 0, a no-op elsewhere (the console line is
+  `ProgressReporter`'s).
+
+  We do not use clu's writers: `clu.metric_writers` imports TensorFlow, which
+  this project never installs.
 
   Args:
     workdir: run directory (local or gs://).
     process_index: `jax.process_index()`.
     tensorboard: also write TensorBoard events.
-    log: also log each scalar dict (off when a ProgressReporter already
-      prints the interesting numbers).
-
-  Returns:
-    The writer the trainer uses for all scalars.
   """
   if process_index != 0:
     return NoOpWriter()
   writers: list[MetricWriter] = [JsonlWriter(workdir)]
   if tensorboard:
     writers.append(TensorBoardWriter(workdir))
-  if log:
-    writers.append(LoggingWriter())
   return MultiWriter(writers)
 
 

@@ -13,7 +13,7 @@ This module owns everything that turns gradients into parameter changes
   so a dense [P, E] gradient or Adam state would be the largest tensors of the
   whole run; the reference uses SignSGD on the rows seen ("Adam ≈ SignSGD if
   the gradient is very sparse") and so do we.
-* `build_optimizers`: both of the above from `config.opt`.
+* `build_optimizers`: both of the above from `config.opt` (`Optimizers`).
 
 Step convention: optax passes schedules the 0-based number of updates applied
 so far (`count`). The reference increments its step *before* the update, so
@@ -199,33 +199,52 @@ def sign_sgd_sparse_update(table_PxE: jax.Array, ids_B: jax.Array,
       new_rows_UxE.astype(table_PxE.dtype), mode="drop")
 
 
-def build_optimizers(
-    opt_cfg: ml_collections.ConfigDict,
-    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The dense optimiser and the puzzle-embedding LR from `config.opt`.
+class Optimizers(NamedTuple):
+  """Both optimisers of a run, built once from `config.opt`.
+
+  Attributes:
+    dense_tx: AdamATan2 over every dense parameter, on `dense_lr`.
+    dense_lr: the schedule `dense_tx` uses (the same object, so the LR the
+      trainer logs is the LR in use), of the 0-based update count.
+    puzzle_emb_lr: the SignSGD schedule of the puzzle-embedding rows.
+    puzzle_emb_weight_decay: SignSGD's decoupled decay.
+  """
+  dense_tx: optax.GradientTransformation
+  dense_lr: optax.Schedule
+  puzzle_emb_lr: optax.Schedule
+  puzzle_emb_weight_decay: float
+
+
+def build_optimizers(opt_cfg: ml_collections.ConfigDict, total_steps: int) -> Optimizers:
+  """The dense optimiser and the puzzle-embedding update from `config.opt`.
 
   Both follow the same schedule shape with their own base LR, as in the
   reference. The embedding update itself is `sign_sgd_sparse_update`, applied
-  by the trainer with `puzzle_emb_lr_fn(count)` for the same 0-based count the
-  dense optimiser is at, and `opt_cfg.puzzle_emb_weight_decay`.
+  by the train step with `puzzle_emb_lr(count)` for the same 0-based count the
+  dense optimiser is at.
 
   Args:
     opt_cfg: fields lr, lr_min_ratio, lr_warmup_steps, beta1, beta2,
-      weight_decay, puzzle_emb_lr (puzzle_emb_weight_decay is read by the
-      trainer).
+      weight_decay, puzzle_emb_lr, puzzle_emb_weight_decay.
     total_steps: updates in the whole run.
-
-  Returns:
-    (dense_tx, puzzle_emb_lr_fn).
   """
 
   def schedule(base_lr):
     return lr_schedule(base_lr, opt_cfg.lr_warmup_steps, total_steps,
                        opt_cfg.lr_min_ratio)
 
-  dense_tx = adam_atan2(
-      schedule(opt_cfg.lr),
-      b1=opt_cfg.beta1,
-      b2=opt_cfg.beta2,
-      weight_decay=opt_cfg.weight_decay)
-  return dense_tx, schedule(opt_cfg.puzzle_emb_lr)
+  dense_lr = schedule(opt_cfg.lr)
+  dense_tx = adam_atan2(dense_lr, b1=opt_cfg.beta1, b2=opt_cfg.beta2,
+                        weight_decay=opt_cfg.weight_decay)
+  return Optimizers(dense_tx, dense_lr, schedule(opt_cfg.puzzle_emb_lr),
+                    float(opt_cfg.puzzle_emb_weight_decay))
+
+
+def ema_update(shadow: optax.Params, params: optax.Params, rate: float) -> optax.Params:
+  """One step of the weights' exponential moving average (reference EMAHelper):
+  shadow <- rate * shadow + (1 - rate) * params, in float32, no bias correction
+  (optax.ema(debias=True) would be a different average)."""
+  return jax.tree.map(
+      lambda s, p: (rate * s.astype(jnp.float32)
+                    + (1.0 - rate) * p.astype(jnp.float32)).astype(s.dtype),
+      shadow, params)

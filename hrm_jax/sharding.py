@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
@@ -114,3 +115,18 @@ def check_batch_divides(global_batch_size: int, mesh: Mesh) -> None:
     raise ValueError(
         f"Global batch size {global_batch_size} must divide by the {devices} devices "
         f"and {processes} processes; change config.batch_size or config.mesh.")
+
+
+def global_batch(host_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local rows -> one global array per key, split along the batch."""
+  shard = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(shard, np.asarray(v))
+          for k, v in host_batch.items()}
+
+
+def to_host(tree: Any) -> Any:
+  """Numpy copies of (possibly multi-host) arrays; per-row arrays are gathered
+  from every process, so each process sees the whole batch."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,12 +1,11 @@
-"""Solve one puzzle from the command line with a trained (or converted) HRM.
+"""Solve one puzzle from the command line with a trained (or converted) model.
 
     python -m hrm_jax.solve --workdir=DIR --sudoku=53..7....6..195....
     python -m hrm_jax.solve --workdir=DIR --maze=maze.txt --adaptive
-    python -m hrm_jax.solve --converted=DIR --identifiers=identifiers.json \
-        --arc=00576224.json --json
+    python -m hrm_jax.solve --workdir=CONVERTED_DIR --arc=00576224.json --json
 
---workdir loads the newest checkpoint of one of our runs; --converted a
-`hrm_jax.convert` output of an official PyTorch checkpoint. The puzzle:
+--workdir is a training run (its newest checkpoint) or a `hrm_jax.convert`
+output of an official PyTorch checkpoint (the same layout). The puzzle:
 
   --sudoku  81 characters row by row ('.' or '0' blank); 16 or 36 for models
             trained on 4x4 or 6x6 boards. Whitespace is ignored.
@@ -33,8 +32,6 @@ Bad input exits with status 1 and a one-line message naming the problem;
 # pylint: disable=invalid-name
 from __future__ import annotations
 
-import collections
-import hashlib
 import json
 import logging as std_logging
 import os
@@ -53,6 +50,7 @@ from hrm_jax.data import errors
 from hrm_jax.data import maze as maze_data
 from hrm_jax.data import sudoku as sudoku_data
 from hrm_jax.data import sudoku_solver
+from hrm_jax.evaluators import arc as arc_eval
 
 SolveError = inference.InferenceError
 
@@ -66,7 +64,7 @@ def parse_sudoku(text: str) -> np.ndarray:
     SolveError: wrong length, bad character, or givens that break the rules.
   """
   cells = "".join(text.split())
-  side = inference.sudoku_side(len(cells))
+  side = sudoku_data.board_side(len(cells))
   if side is None:
     raise SolveError(
         f"--sudoku has {len(cells)} characters; expected 81 (9x9), 36 (6x6) or "
@@ -180,7 +178,7 @@ def _halting(adaptive: bool, used: int, M: int) -> str:
 
 
 def _common(loaded: inference.Loaded, M: int, adaptive: bool) -> dict[str, Any]:
-  return {"model": loaded.source, "checkpoint_step": loaded.step,
+  return {"model": loaded.directory, "checkpoint_step": loaded.step,
           "halt_max_steps": M, "adaptive_halting": adaptive}
 
 
@@ -189,23 +187,18 @@ def solve_sudoku(loaded: inference.Loaded, board: np.ndarray, M: int,
   """Runs the model on one board and checks the answer against the rules."""
   n = board.shape[0]
   inference.check_compatible(loaded, "sudoku", n * n)
-  out = inference.predict(loaded, sudoku_data.encode(board)[None], np.zeros(1),
+  inputs = sudoku_data.encode(board)
+  out = inference.predict(loaded, inputs[None], np.zeros(1),
                           halt_max_steps=M, adaptive=adaptive)
   tokens = out["predictions"][0]
-  # Token d+1 is digit d; anything below 2 (PAD, blank) is not an answer.
+  problem = sudoku_data.check_answer(inputs, tokens)
+  # Token d+1 is digit d; anything below 2 (PAD, blank) is shown as blank.
   solution = np.where(tokens >= 2, tokens.astype(np.int16) - 1, 0).astype(np.int8)
-  solution = solution.reshape(n, n)
-  if np.any(solution == 0):
-    r, c = (int(v) for v in np.argwhere(solution == 0)[0])
-    problem = (f"{int(np.sum(solution == 0))} cell(s) are not digits (first at row "
-               f"{r + 1}, column {c + 1})")
-  else:
-    problem = sudoku_data.solution_problem(board, solution)
   used = int(out["steps"][0])
   return dict(
       _common(loaded, M, adaptive), puzzle="sudoku", size=f"{n}x{n}",
-      input=board.tolist(), solution=solution.tolist(), valid=problem is None,
-      problem=problem,
+      input=board.tolist(), solution=solution.reshape(n, n).tolist(),
+      valid=problem is None, problem=problem,
       unique_solution=sudoku_solver.count_solutions(board) == 1,
       segments=used, halting=_halting(adaptive, used, M),
       q_halt_confidence=float(out["q_halt_confidence"][0]), notes=[])
@@ -218,10 +211,7 @@ def solve_maze(loaded: inference.Loaded, grid: np.ndarray, M: int,
   out = inference.predict(loaded, grid.reshape(1, -1), np.zeros(1),
                           halt_max_steps=M, adaptive=adaptive)
   answer = out["predictions"][0].reshape(grid.shape)
-  if np.all((answer >= 1) & (answer <= len(maze_data.CHARSET))):
-    problem = maze_data.path_problem(grid, answer)
-  else:
-    problem = "the model output PAD tokens"
+  problem = maze_data.check_answer(grid.reshape(-1), answer.reshape(-1))
   shortest = problem is None and maze_data.path_is_shortest(grid, answer)
   rows = [maze_data.decode(np.clip(r, 1, len(maze_data.CHARSET))) for r in answer]
   used = int(out["steps"][0])
@@ -240,10 +230,11 @@ def _arc_variants(loaded: inference.Loaded, task_id: str,
   names = loaded.identifiers
   if names is None:
     return [(0, 0, np.arange(10))], [
-        "The model's puzzle identifiers are unknown (converted checkpoint without "
-        "--identifiers), so the blank puzzle embedding (id 0) was used: the model "
-        "gets no information about this task and the answer is very likely wrong. "
-        "Pass --identifiers=<the training dataset's identifiers.json>."]
+        "The model's puzzle identifiers are unknown (a converted checkpoint made "
+        "without --identifiers), so the blank puzzle embedding (id 0) was used: the "
+        "model gets no information about this task and the answer is very likely "
+        "wrong. Convert again with --identifiers=<the training dataset's "
+        "identifiers.json>."]
   variants = []
   for pid, name in enumerate(names):
     task, t, cmap = arc_data.parse_name(name)
@@ -264,11 +255,6 @@ def _arc_variants(loaded: inference.Loaded, task_id: str,
   return variants, notes
 
 
-def _grid_key(grid: np.ndarray) -> bytes:
-  return hashlib.sha256(np.asarray(grid.shape, np.int32).tobytes() +
-                        np.ascontiguousarray(grid, np.int8).tobytes()).digest()
-
-
 def solve_arc(loaded: inference.Loaded, task: arc_data.Task, has_output: list[bool],
               M: int, adaptive: bool, max_variants: int = 0,
               batch_size: int = 64) -> dict[str, Any]:
@@ -278,46 +264,29 @@ def solve_arc(loaded: inference.Loaded, task: arc_data.Task, has_output: list[bo
   jobs = [(k, v) for k in range(len(task.test)) for v in variants]
   rows = [arc_data.encode_grid(arc_data.augment_grid(task.test[k][0], t, cmap))
           for k, (_, t, cmap) in jobs]
-  ids = [pid for _, (pid, _, _) in jobs]
-  preds, steps_used, conf = [], [], []
-  for start in range(0, len(rows), batch_size):
-    chunk_x = np.stack(rows[start:start + batch_size])
-    chunk_id = np.asarray(ids[start:start + batch_size])
-    pad = min(batch_size, len(rows)) - len(chunk_x)  # one shape, one compile
-    chunk_x = np.concatenate([chunk_x, np.zeros((pad, chunk_x.shape[1]), np.uint8)])
-    chunk_id = np.concatenate([chunk_id, np.zeros(pad, np.int64)])
-    out = inference.predict(loaded, chunk_x, chunk_id, halt_max_steps=M,
-                            adaptive=adaptive)
-    keep = len(chunk_x) - pad
-    preds.extend(out["predictions"][:keep])
-    steps_used.extend(out["steps"][:keep].tolist())
-    conf.extend(out["q_halt_confidence"][:keep].tolist())
-
-  votes = collections.defaultdict(dict)  # k -> key -> [count, conf sum, grid]
-  for (k, (_, t, cmap)), pred, q in zip(jobs, preds, conf):
+  out = inference.predict(loaded, np.stack(rows), np.asarray([pid for _, (pid, _, _) in jobs]),
+                          halt_max_steps=M, adaptive=adaptive, batch_size=batch_size)
+  votes = arc_eval.Votes()
+  for (k, (_, t, cmap)), pred, q in zip(jobs, out["predictions"], out["q_halt_confidence"]):
     grid = arc_data.crop(pred)
-    if grid.size == 0:  # no answer: casts no vote (as the ARC evaluator)
-      continue
-    grid = arc_data.invert_grid(grid, t, cmap)
-    slot = votes[k].setdefault(_grid_key(grid), [0, 0.0, grid])
-    slot[0] += 1
-    slot[1] += q
+    if grid.size:  # no answer casts no vote (as the ARC evaluator)
+      votes.add(k, arc_data.invert_grid(grid, t, cmap), q)
   tests = []
   for k, (_, truth) in enumerate(task.test):
-    ranked = sorted(votes[k].values(), key=lambda s: (s[0], s[1] / s[0]), reverse=True)
+    ranked = votes.ranked(k)[:2]
     mine = [i for i, (kk, _) in enumerate(jobs) if kk == k]
     entry = {
-        "index": k, "attempts": [s[2].tolist() for s in ranked[:2]],
-        "votes": [s[0] for s in ranked[:2]], "variants_run": len(mine),
-        "segments_mean": float(np.mean([steps_used[i] for i in mine])),
+        "index": k, "attempts": [grid.tolist() for grid, _, _ in ranked],
+        "votes": [count for _, count, _ in ranked], "variants_run": len(mine),
+        "segments_mean": float(np.mean(out["steps"][mine])),
         # Ranking tie-break of the paper: mean confidence of the winner's voters.
-        "q_halt_confidence": (ranked[0][1] / ranked[0][0]) if ranked else None,
+        "q_halt_confidence": ranked[0][2] if ranked else None,
         "correct_top1": None, "correct_top2": None,
     }
     if has_output[k]:
-      keys = [_grid_key(s[2]) for s in ranked[:2]]
-      entry["correct_top1"] = bool(keys[:1] == [_grid_key(truth)])
-      entry["correct_top2"] = _grid_key(truth) in keys
+      keys = [arc_eval.grid_key(grid) for grid, _, _ in ranked]
+      entry["correct_top1"] = bool(keys[:1] == [arc_eval.grid_key(truth)])
+      entry["correct_top2"] = arc_eval.grid_key(truth) in keys
     if not ranked:
       entry["problem"] = "every variant's prediction crops to an empty grid"
     tests.append(entry)
@@ -395,8 +364,7 @@ def format_text(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- CLI
 
 
-def run(*, workdir: str | None = None, converted: str | None = None,
-        identifiers: str | None = None, sudoku: str | None = None,
+def run(*, workdir: str | None = None, sudoku: str | None = None,
         maze: str | None = None, arc: str | None = None,
         halt_max_steps: int | None = None, adaptive: bool = False,
         arc_variants: int = 0, batch_size: int = 64) -> dict[str, Any]:
@@ -408,9 +376,9 @@ def run(*, workdir: str | None = None, converted: str | None = None,
   Raises:
     SolveError (= inference.InferenceError): anything the user must fix.
   """
-  if (workdir is None) == (converted is None):
-    raise SolveError("Give exactly one of --workdir (our checkpoint) or --converted "
-                     "(a converted official checkpoint).")
+  if not workdir:
+    raise SolveError("--workdir is required: a training run or a `hrm_jax.convert` "
+                     "output.")
   given = [name for name, v in (("--sudoku", sudoku), ("--maze", maze), ("--arc", arc))
            if v is not None]
   if len(given) != 1:
@@ -418,9 +386,6 @@ def run(*, workdir: str | None = None, converted: str | None = None,
                      f"--arc=TASK.json (got {', '.join(given) or 'none'}).")
   if halt_max_steps is not None and halt_max_steps < 1:
     raise SolveError(f"--halt_max_steps must be >= 1, got {halt_max_steps}.")
-  if identifiers is not None and workdir is not None:
-    raise SolveError("--identifiers is for --converted checkpoints; a --workdir run "
-                     "knows its own identifiers.")
   if sudoku is not None:
     puzzle = parse_sudoku(sudoku)
   elif maze is not None:
@@ -429,11 +394,10 @@ def run(*, workdir: str | None = None, converted: str | None = None,
     puzzle = parse_arc(arc)
 
   try:
-    loaded = (inference.load_workdir(workdir) if workdir is not None
-              else inference.load_converted_dir(converted, identifiers))
+    loaded = inference.load_workdir(workdir)
   except (FileNotFoundError, ValueError) as e:  # DataError, shape mismatches
     raise SolveError(f"Cannot load the model: {e}") from None
-  M = halt_max_steps or loaded.config.halt_max_steps
+  M = halt_max_steps or loaded.model.config.halt_max_steps
   if sudoku is not None:
     return solve_sudoku(loaded, puzzle, M, adaptive)
   if maze is not None:
@@ -444,10 +408,8 @@ def run(*, workdir: str | None = None, converted: str | None = None,
 def _define_flags() -> None:
   """Defined only when run as a program (as `convert` does), so importing
   this module never collides with another tool's flags."""
-  flags.DEFINE_string("workdir", None, "A training run directory (its newest checkpoint).")
-  flags.DEFINE_string("converted", None, "A `hrm_jax.convert` output directory.")
-  flags.DEFINE_string("identifiers", None, "With --converted: the training dataset's "
-                      "identifiers.json (needed for ARC puzzle embeddings).")
+  flags.DEFINE_string("workdir", None, "A training run directory (its newest checkpoint) "
+                      "or a `hrm_jax.convert` output.")
   flags.DEFINE_string("sudoku", None, "Board, row by row: 81 (or 36/16) cells, '.' or "
                       "'0' blank.")
   flags.DEFINE_string("maze", None, "Text file with the maze (rows of '# SG').")
@@ -470,8 +432,7 @@ def main(argv):
     # orbax's read-only-manager warnings would bury the answer; ours stay.
     logging.get_absl_handler().addFilter(log_filters.QuietLibraries(std_logging.ERROR))
   try:
-    result = run(workdir=f.workdir, converted=f.converted, identifiers=f.identifiers,
-                 sudoku=f.sudoku, maze=f.maze, arc=f.arc,
+    result = run(workdir=f.workdir, sudoku=f.sudoku, maze=f.maze, arc=f.arc,
                  halt_max_steps=f.halt_max_steps, adaptive=f.adaptive,
                  arc_variants=f.arc_variants, batch_size=f.batch_size)
   except SolveError as e:

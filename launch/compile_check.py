@@ -11,10 +11,11 @@ accelerator time is spent:
 
 How: the mesh's device count becomes `jax_num_cpu_devices` before JAX starts
 (so the script must run as its own process), the model is built from the
-experiment config plus the dataset's shape (`launch/shapes.py`, overridable by
-flags), the state comes from `jax.eval_shape` (nothing is allocated), and
-`trainer_jit.lower(ShapeDtypeStructs with shardings).compile()` runs XLA's SPMD
-partitioner exactly as `train.run` would on the real machines.
+experiment config plus the dataset's shape (`hrm_jax.data.shape`: computed from
+the data config without building anything; overridable by flags), and the
+train step is the trainer's own (`steps.build_train_step`): its abstract
+arguments (nothing is allocated) are lowered and compiled, which runs XLA's
+SPMD partitioner exactly as on the real machines.
 
 Prints per-device bytes of parameters, optimizer state and puzzle embedding
 (from the shardings: leaf bytes / shards), XLA's memory analysis of the CPU
@@ -37,9 +38,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from hrm_jax import sharding, state as state_lib, steps, train  # pylint: disable=wrong-import-position
-from hrm_jax.models import act, hrm  # pylint: disable=wrong-import-position
-from launch import shapes  # pylint: disable=wrong-import-position
+from hrm_jax import data, models, sharding, steps  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, e.g. experiments/arc.py or experiments/arc.py:arc2.",
@@ -49,10 +48,10 @@ _MESH = flags.DEFINE_string(
     "config.mesh). Its product is the number of fake devices.", required=True)
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", None, "Device count when --mesh has a -1 axis.")
-_VOCAB = flags.DEFINE_integer("vocab_size", None, "Override the preset vocabulary.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Override the preset sequence length.")
+_VOCAB = flags.DEFINE_integer("vocab_size", None, "Override the dataset's vocabulary.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Override the dataset's sequence length.")
 _IDS = flags.DEFINE_integer("num_puzzle_identifiers", None,
-                            "Override the preset puzzle-identifier count.")
+                            "Override the dataset's puzzle-identifier count.")
 _TOTAL_STEPS = flags.DEFINE_integer(
     "total_steps", 100_000, "LR-schedule length when config.total_steps <= 0 "
     "(only constants in the step change).")
@@ -88,13 +87,20 @@ def peak_tflops(value: str) -> float:
                          f"{sorted(PEAK_TFLOPS)}.") from None
 
 
-def dataset_shape(config) -> tuple[str, shapes.DatasetShape]:
-  preset = shapes.preset_for(config.data)
-  base = shapes.PRESETS[preset]
-  return preset, shapes.DatasetShape(
-      vocab_size=_VOCAB.value or base.vocab_size,
-      seq_len=_SEQ_LEN.value or base.seq_len,
-      num_puzzle_identifiers=_IDS.value or base.num_puzzle_identifiers)
+def dataset_shape(config) -> data.DatasetShape:
+  """The dataset's shape from its config, with the flags' overrides."""
+  overrides = {"vocab_size": _VOCAB.value, "seq_len": _SEQ_LEN.value,
+               "num_puzzle_identifiers": _IDS.value}
+  if all(v is not None for v in overrides.values()):
+    return data.DatasetShape(**overrides)
+  try:
+    base = data.shape(config.data)
+  except data.DataError as e:
+    raise app.UsageError(f"The dataset's shape cannot be read from config.data ({e}); "
+                         "pass --vocab_size, --seq_len and --num_puzzle_identifiers."
+                         ) from None
+  return data.DatasetShape(**{k: v if v is not None else getattr(base, k)
+                              for k, v in overrides.items()})
 
 
 def device_bytes(tree, shardings) -> int:
@@ -123,28 +129,6 @@ def cost_flops(compiled) -> float | None:
   return float(cost["flops"])
 
 
-def abstract_step_args(config, model_cfg, mesh, total_steps):
-  """(step_fn, shardings, ShapeDtypeStructs) of the train step, nothing allocated."""
-  model = hrm.HRMInner(model_cfg)
-  step_fn, tx = steps.make_train_step(model, config.opt, total_steps, config.batch_size)
-  rng = jax.eval_shape(lambda: jax.random.key(0))
-  state = jax.eval_shape(lambda k: state_lib.init_state(model, tx, k), rng)
-  state_sh = sharding.state_shardings(mesh, state)
-  carry = jax.eval_shape(lambda: act.initial_carry(model_cfg, config.batch_size))
-  carry_sh = sharding.batch_shardings(mesh, carry)
-  B, S = config.batch_size, model_cfg.seq_len
-  batch = {"inputs": jax.ShapeDtypeStruct((B, S), jnp.int32),
-           "labels": jax.ShapeDtypeStruct((B, S), jnp.int32),
-           "puzzle_identifiers": jax.ShapeDtypeStruct((B,), jnp.int32)}
-  batch_sh = sharding.batch_shardings(mesh, batch)
-  rng_sh = sharding.replicated(mesh)
-  args = (state_lib.abstract_with_shardings(state, state_sh),
-          state_lib.abstract_with_shardings(carry, carry_sh),
-          state_lib.abstract_with_shardings(batch, batch_sh),
-          jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=rng_sh))
-  return step_fn, (state_sh, carry_sh, batch_sh, rng_sh), args
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -152,7 +136,6 @@ def main(argv):
   # Before anything touches a backend: fake CPU devices, however many.
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", num_devices)
-  jax.config.update("jax_threefry_partitionable", True)  # as train.run
   if jax.device_count() != num_devices:
     raise RuntimeError(f"Wanted {num_devices} CPU devices, JAX has {jax.device_count()}: "
                        "was the backend started before this script set it up?")
@@ -160,16 +143,17 @@ def main(argv):
   config = _CONFIG.value
   with config.unlocked():
     config.mesh = _MESH.value
-  preset, shape = dataset_shape(config)
-  metadata = shapes.ModelMetadata(shape.vocab_size, shape.seq_len,
-                                  shape.num_puzzle_identifiers)
-  model_cfg = train.model_config(config, metadata)
+  shape = dataset_shape(config)
+  model_cfg = models.make_config(config.model, shape)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.batch_size, mesh)
   total_steps = config.total_steps if config.total_steps > 0 else _TOTAL_STEPS.value
-  step_fn, (state_sh, carry_sh, batch_sh, rng_sh), args = abstract_step_args(
-      config, model_cfg, mesh, total_steps)
+  program = steps.build_train_step(model_cfg, config.opt, total_steps, config.batch_size,
+                                   mesh, ema_rate=config.get("ema_rate", 0.0))
+  args = program.abstract_args()
   state = args[0]
+  state_sh, carry_sh, batch_sh = (program.state_shardings, program.carry_shardings,
+                                  program.batch_shardings)
 
   emb_spec = state_sh.puzzle_emb.spec
   mem = {
@@ -182,19 +166,20 @@ def main(argv):
   emb_total = total_bytes(state.puzzle_emb)
   result = {
       "config": config_flags.get_config_filename(flags.FLAGS["config"]),
-      "mesh": dict(mesh.shape), "devices": num_devices, "dataset": preset,
+      "mesh": dict(mesh.shape), "devices": num_devices, "family": config.data.family,
+      "arch": model_cfg.ARCH,
       "vocab_size": shape.vocab_size, "seq_len": shape.seq_len,
       "num_puzzle_identifiers": shape.num_puzzle_identifiers,
       "batch_size": config.batch_size, "batch_per_device": config.batch_size // num_devices,
-      "num_params": hrm.count_params(state.params),
+      "num_params": models.count_params(state.params),
       "puzzle_emb_shape": list(state.puzzle_emb.shape),
       "puzzle_emb_spec": [a for a in emb_spec] + [None] * (2 - len(emb_spec)),
       "puzzle_emb_total_bytes": emb_total,
       "puzzle_emb_shards": emb_total // max(mem["puzzle_emb"], 1),
       **{f"per_device_{k}_bytes": v for k, v in mem.items()},
   }
-  print(f"Mesh {dict(mesh.shape)} on {num_devices} fake CPU devices; dataset shape "
-        f"{preset}: vocab {shape.vocab_size}, seq_len {shape.seq_len}, "
+  print(f"Mesh {dict(mesh.shape)} on {num_devices} fake CPU devices; "
+        f"{config.data.family} data: vocab {shape.vocab_size}, seq_len {shape.seq_len}, "
         f"{shape.num_puzzle_identifiers:,} puzzle ids; global batch {config.batch_size} "
         f"({config.batch_size // num_devices} per device).")
   print(f"Parameters: {result['num_params']:,}; puzzle embedding "
@@ -204,7 +189,7 @@ def main(argv):
   for key, value in mem.items():
     print(f"  {key:<11s} {value / MiB:10.2f} MiB")
 
-  flops = shapes.train_step_flops(model_cfg, config.batch_size)
+  flops = models.family_of(model_cfg).train_step_flops(model_cfg, config.batch_size)
   peak = peak_tflops(_PEAK.value) * 1e12
   step_s = flops / num_devices / (peak * _MFU.value)
   result.update({"model_flops_per_step": flops,
@@ -215,10 +200,8 @@ def main(argv):
         f"{peak / 1e12:g} TFLOP/s and MFU {_MFU.value:g}: ~{step_s * 1e3:.1f} ms/step.")
 
   if _COMPILE.value:
-    jitted = jax.jit(step_fn, in_shardings=(state_sh, carry_sh, batch_sh, rng_sh),
-                     out_shardings=(state_sh, carry_sh, None), donate_argnums=(0, 1))
     start = time.perf_counter()
-    lowered = jitted.lower(*args)
+    lowered = program.step.lower(*args)
     lower_s = time.perf_counter() - start
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start - lower_s

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import convert, losses
+from hrm_jax import losses, torch_names
 from hrm_jax.models import act, hrm
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
@@ -31,7 +31,7 @@ def config_from_fixture(fx, **overrides) -> hrm.HRMConfig:
 def variables_from_fixture(fx, cfg: hrm.HRMConfig):
   state = {k.split("/", 1)[1]: v for k, v in fx.items()
            if k.startswith(("param/", "buffer/"))}
-  converted = convert.torch_state_to_variables(state)
+  converted = torch_names.torch_state_to_variables(state)
   variables = {"params": jax.tree.map(jnp.asarray, converted["params"]),
                "buffers": jax.tree.map(lambda a: jnp.asarray(a, cfg.dtype),
                                        converted["buffers"])}
@@ -89,11 +89,9 @@ def rel_err(a, b) -> float:
 
 def torch_grad_name_to_path(name: str):
   """'inner.H_level.layers.0.self_attn.qkv_proj.weight' -> params path and transpose."""
-  state = convert.torch_state_to_variables  # reuse the mapping through a one-entry dict
-  del state
-  name = convert.strip_prefixes(name)
-  if name in convert._DIRECT:  # pylint: disable=protected-access
-    return convert._DIRECT[name]  # pylint: disable=protected-access
-  m = convert._LAYER.match(name)  # pylint: disable=protected-access
+  name = torch_names.strip_prefixes(name)
+  if name in torch_names._DIRECT:  # pylint: disable=protected-access
+    return torch_names._DIRECT[name]  # pylint: disable=protected-access
+  m = torch_names._LAYER.match(name)  # pylint: disable=protected-access
   level, index, block, proj = m.groups()
   return (f"{level}_level", f"layers_{index}", block, proj, "kernel"), True

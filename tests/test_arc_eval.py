@@ -85,19 +85,6 @@ def test_perfect_predictions_score_one_and_padding_is_ignored(tmp_path):
       assert attempt["attempt_1"] == truths[k].tolist()
 
 
-def test_inputs_instead_of_example_index_give_the_same_votes():
-  split = _test_split()
-  by_index, by_input = arc_eval.ArcVoter(split), arc_eval.ArcVoter(split)
-  q = np.linspace(-2, 2, split.num_examples)
-  preds = split.labels.copy()
-  preds[::3] = _wrong(preds[::3])
-  for ids, idx, pred, qq, inputs in _batches(split, preds, q):
-    by_index.add(ids, idx, pred, qq)
-    by_input.add(ids, inputs, pred, qq)
-  assert by_index.finalize() == by_input.finalize()
-  assert by_input.unmatched_rows == 0
-
-
 def test_votes_rank_by_count_then_confidence():
   split = _test_split(num_aug=5)  # 6 variants per test input.
   example_puzzle = np.repeat(np.arange(len(split.puzzle_identifiers)),

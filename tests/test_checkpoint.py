@@ -8,9 +8,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from hrm_jax import checkpoint as ckpt_lib
+from hrm_jax import preemption
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings) of a pytree of concrete arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,7 @@ def _config():
 def test_round_trip_sharded(tmp_path, mesh):
   state, carry = _make_state(mesh, 1.0), _make_carry(mesh, 2.0)
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=10)
-  assert ckpt.restore_latest(ckpt_lib.abstract_like(state)) is None
+  assert ckpt.restore_latest(abstract_like(state)) is None
   data_state = {"epoch": np.int64(1), "index": 7, "order": np.arange(3)}
   assert ckpt.save(10, state, carry, data_state, _config())
   ckpt.close()
@@ -66,7 +73,7 @@ def test_round_trip_sharded(tmp_path, mesh):
   # with shardings: params 'w' sharded, and the carry replicated this time.
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=10)
   assert ckpt.latest_step() == 10
-  abstract_state = ckpt_lib.abstract_like(state)
+  abstract_state = abstract_like(state)
   replicated = NamedSharding(mesh, P())
   abstract_carry = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
@@ -93,7 +100,7 @@ def test_without_carry(tmp_path, mesh):
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
   ckpt.save(1, state, None, {}, None)
   step, _, carry, data_state = ckpt.restore_latest(
-      ckpt_lib.abstract_like(state), ckpt_lib.abstract_like(_make_carry(mesh)))
+      abstract_like(state), abstract_like(_make_carry(mesh)))
   ckpt.close()
   assert (step, carry, data_state) == (1, None, {})
 
@@ -105,9 +112,8 @@ def test_interval_force_and_max_to_keep(tmp_path, mesh):
   assert saved == [False, True, False, True, False, True, False]
   assert ckpt.save(7, state, carry, {"s": 7}, None, force=True)
   assert not ckpt.save(7, state, carry, {"s": 7}, None, force=True)
-  ckpt.wait()
-  assert ckpt.all_steps() == [6, 7]
   ckpt.close()
+  assert ckpt.all_steps() == [6, 7]
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["6", "7"]
 
@@ -140,7 +146,7 @@ def test_corrupt_newest_falls_back(tmp_path, mesh, caplog, damaged):
   state = _make_state(mesh, 1)
   with caplog.at_level("WARNING"):
     step, got_state, _, data_state = ckpt.restore_latest(
-        ckpt_lib.abstract_like(state))
+        abstract_like(state))
   ckpt.close()
   assert step == 1 and data_state == {"s": 1}
   _assert_trees_equal(got_state, state)
@@ -155,7 +161,7 @@ def test_all_corrupt_raises(tmp_path, mesh):
   _truncate_files(tmp_path / "checkpoints" / "1" / "state")
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
   with pytest.raises(RuntimeError, match="No readable checkpoint"):
-    ckpt.restore_latest(ckpt_lib.abstract_like(state))
+    ckpt.restore_latest(abstract_like(state))
   ckpt.close()
 
 
@@ -164,7 +170,7 @@ def test_shape_mismatch_names_path_and_shapes(tmp_path, mesh):
   ckpt.save(1, _make_state(mesh, rows=16), None, {}, None)
   ckpt.close()
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
-  bigger = ckpt_lib.abstract_like(_make_state(mesh, rows=24))
+  bigger = abstract_like(_make_state(mesh, rows=24))
   with pytest.raises(ckpt_lib.CheckpointMismatchError) as info:
     ckpt.restore_latest(bigger)
   ckpt.close()
@@ -181,7 +187,7 @@ def test_tree_mismatch_names_missing_leaf(tmp_path, mesh):
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
   ckpt.save(1, state, None, {}, None)
   ckpt.close()
-  target = ckpt_lib.abstract_like(state)
+  target = abstract_like(state)
   target["params"]["extra"] = jax.ShapeDtypeStruct((2,), jnp.float32)
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
   with pytest.raises(ckpt_lib.CheckpointMismatchError,
@@ -192,7 +198,7 @@ def test_tree_mismatch_names_missing_leaf(tmp_path, mesh):
 
 def test_preemption_handler_records_sigterm():
   previous = signal.getsignal(signal.SIGTERM)
-  reached = ckpt_lib.install_preemption_handler()
+  reached = preemption.install()
   try:
     assert not reached()
     os.kill(os.getpid(), signal.SIGTERM)
@@ -210,7 +216,6 @@ def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   ckpt = checkpoint.Checkpointer("relative/run", every_steps=1, async_save=True)
   assert ckpt.save(1, {"w": jnp.ones(3)}, None, {"pos": 1}, None, force=True)
-  ckpt.wait()
   ckpt.close()
   assert (tmp_path / "relative/run/checkpoints/1").exists()
   assert str(checkpoint.absolute("gs://bucket/run")) == "gs://bucket/run"

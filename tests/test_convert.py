@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from hrm_jax import convert
+from hrm_jax import convert, torch_import, torch_names, workdir
 import parity_util as pu
 
 PREFIX = "_orig_mod.model."
@@ -58,6 +58,12 @@ def fixture_overrides(fx):
   return overrides
 
 
+def load_converted(directory):
+  """(model config, variables, puzzle table) of a converted workdir, as `solve` loads it."""
+  trained = workdir.load_weights(directory)
+  return trained.model.config, trained.weights.variables(), trained.weights.puzzle_emb
+
+
 def assert_matches_parity_path(fx, cfg, variables, table):
   """Same outputs as parity_util's own conversion, and as PyTorch."""
   expected_cfg = pu.config_from_fixture(fx)
@@ -86,9 +92,9 @@ def test_round_trip_through_orbax(tmp_path, name):
   yaml_path.write_text(reference_yaml(fx))
   cfg = convert.convert_state_dict(
       prefixed_state(fx), tmp_path / "out",
-      reference=convert.read_reference_config(yaml_path),
+      reference=torch_import.read_reference_config(yaml_path),
       overrides=fixture_overrides(fx))
-  loaded_cfg, variables, table = convert.load_converted(tmp_path / "out")
+  loaded_cfg, variables, table = load_converted(tmp_path / "out")
   assert loaded_cfg == cfg
   assert_matches_parity_path(fx, loaded_cfg, variables, table)
   provenance = json.loads((tmp_path / "out" / convert.PROVENANCE_FILE).read_text())
@@ -100,8 +106,8 @@ def test_round_trip_through_orbax(tmp_path, name):
 
 def test_infers_shapes_from_tensors():
   fx = pu.load_fixture("learned")
-  converted = convert.torch_state_to_variables(prefixed_state(fx))
-  cfg, _ = convert.infer_config(converted, overrides={"num_heads": "4"})
+  converted = torch_names.torch_state_to_variables(prefixed_state(fx))
+  cfg, _ = torch_import.infer_config(converted, overrides={"num_heads": "4"})
   c = json.loads(str(fx["config_json"]))
   for key in ("hidden_size", "H_layers", "L_layers", "vocab_size", "seq_len",
               "num_puzzle_identifiers", "puzzle_emb_ndim", "pos_encodings"):
@@ -113,7 +119,7 @@ def test_unknown_key_is_named():
   state = prefixed_state(pu.load_fixture("rope"))
   state[PREFIX + "inner.extra_head.weight"] = np.zeros((2, 4))
   with pytest.raises(KeyError, match=r"inner\.extra_head\.weight"):
-    convert.torch_state_to_variables(state)
+    torch_names.torch_state_to_variables(state)
   with pytest.raises(KeyError, match=r"inner\.extra_head\.weight"):
     convert.convert_state_dict(state, "/nonexistent/never-written")
 
@@ -152,7 +158,7 @@ def test_shape_inconsistencies_are_reported(tmp_path):
   yaml_path.write_text(reference_yaml(fx).replace("hidden_size: 64", "hidden_size: 512"))
   with pytest.raises(ValueError, match=r"hidden_size=512 .* hidden_size=64"):
     convert.convert_state_dict(prefixed_state(fx), tmp_path / "c",
-                               reference=convert.read_reference_config(yaml_path),
+                               reference=torch_import.read_reference_config(yaml_path),
                                overrides=overrides)
   # A gap in the layer numbering.
   state = {k: v for k, v in prefixed_state(fx).items() if ".H_level.layers.0." not in k}
@@ -171,8 +177,8 @@ def test_refuses_to_overwrite(tmp_path):
 
 
 def test_load_converted_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r"not a converted HRM checkpoint"):
-    convert.load_converted(tmp_path)
+  with pytest.raises(workdir.WorkdirError, match=r"no config.json and no checkpoints/"):
+    load_converted(tmp_path)
 
 
 def run_cli(*args):
@@ -211,7 +217,7 @@ def test_cli_converts_a_torch_checkpoint(tmp_path, name):
   result = run_cli(f"--torch_checkpoint={run_dir / 'step_7'}",
                    f"--out={tmp_path / 'out'}", *flags)
   assert result.returncode == 0, result.stderr
-  cfg, variables, table = convert.load_converted(tmp_path / "out")
+  cfg, variables, table = load_converted(tmp_path / "out")
   assert_matches_parity_path(fx, cfg, variables, table)
 
 
@@ -223,7 +229,7 @@ def test_bf16_buffers_and_errors_of_torch_files(tmp_path):
   # must widen them to float32 (exactly) rather than fail.
   path = tmp_path / "step_1"
   save_torch_state(path, state, {PREFIX + "inner.H_init": torch.bfloat16})
-  loaded = convert.load_torch_state_dict(path)
+  loaded = torch_import.load_torch_state_dict(path)
   assert loaded[PREFIX + "inner.H_init"].dtype == np.float32
   expected = torch.tensor(state[PREFIX + "inner.H_init"]).to(torch.bfloat16).float()
   np.testing.assert_array_equal(loaded[PREFIX + "inner.H_init"], expected.numpy())
@@ -232,7 +238,7 @@ def test_bf16_buffers_and_errors_of_torch_files(tmp_path):
   # Not a state dict.
   torch.save([torch.zeros(2)], tmp_path / "list.pt")
   with pytest.raises(TypeError, match=r"not a state dict"):
-    convert.load_torch_state_dict(tmp_path / "list.pt")
+    torch_import.load_torch_state_dict(tmp_path / "list.pt")
   # An unknown tensor, through the CLI: a clear message and a non-zero exit.
   state[PREFIX + "inner.extra_head.weight"] = np.zeros((2, 2), np.float32)
   save_torch_state(tmp_path / "step_2", state)

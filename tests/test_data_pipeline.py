@@ -38,7 +38,7 @@ def _assert_splits_equal(a, b):
 def test_default_configs_have_documented_fields():
   for name in ("sudoku", "maze", "arc"):
     cfg = data.default_config(name)
-    for field in ("name", "data_dir", "source", "seed"):
+    for field in ("family", "data_dir", "source", "seed"):
       assert field in cfg
     assert "~" not in cfg.data_dir
   assert data.default_config("arc").num_aug == 1000

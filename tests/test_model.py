@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import parity_util as pu
+from hrm_jax import models
 from hrm_jax.models import hrm, layers
 
 
@@ -94,7 +95,7 @@ def test_paper_parameter_counts(vocab, seq_len, expected):
   cfg = hrm.HRMConfig(seq_len=seq_len, vocab_size=vocab, num_puzzle_identifiers=1)
   shapes = jax.eval_shape(lambda k: hrm.init_variables(hrm.HRMInner(cfg), k),
                           jax.random.key(0))
-  assert hrm.count_params(shapes["params"]) == expected
+  assert models.count_params(shapes["params"]) == expected
 
 
 def test_swiglu_width_matches_reference():

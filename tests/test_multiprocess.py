@@ -1,7 +1,7 @@
 """Two JAX processes on one machine through the real entry point, as on a pod.
 
 `python -m hrm_jax.main --distributed=on --num_processes=2 --process_id=i
---cpu_devices=2` twice in parallel (gloo collectives over localhost, 4 global
+--jax_num_cpu_devices=2` twice in parallel (gloo collectives over localhost, 4 global
 devices) trains the Sudoku smoke config into ONE shared workdir, as all
 processes of a multi-host run must. A third, single-process run with 4 CPU
 devices trains the same config for reference. Checked:
@@ -35,8 +35,7 @@ def _free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
     sock.bind(("127.0.0.1", 0))
     return sock.getsockname()[1]
-from hrm_jax import checkpoint, data, metric_writers, state as state_lib, steps, train
-from hrm_jax.models import hrm
+from hrm_jax import checkpoint, data, metric_writers, models, sharding, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
@@ -51,7 +50,7 @@ def _config(data_dir):
 
 def _env():
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # conftest's 8 devices; --cpu_devices decides here
+  env.pop("XLA_FLAGS", None)  # conftest's 8 devices; --jax_num_cpu_devices decides here
   env["JAX_PLATFORMS"] = "cpu"
   return env
 
@@ -87,17 +86,13 @@ def _tail(path, lines=40):
 
 def _restore(workdir, config, metadata):
   """(step, host state) of the newest checkpoint, onto this process's device 0."""
-  model_cfg = train.model_config(config, metadata)
-  model = hrm.HRMInner(model_cfg)
-  _, tx = steps.make_train_step(model, config.opt, config.total_steps, config.batch_size)
-  abstract = jax.eval_shape(lambda k: state_lib.init_state(model, tx, k),
-                            jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = state_lib.abstract_with_shardings(
-      abstract, jax.tree.map(lambda _: device, abstract))
+  model_cfg = models.make_config(config.model, metadata)
+  mesh = sharding.make_mesh("data:1", jax.devices()[:1])
+  program = steps.build_train_step(model_cfg, config.opt, config.total_steps,
+                                   config.batch_size, mesh)
   ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt.every_steps)
   try:
-    step, state, _, _ = ckpt.restore_latest(target)
+    step, state, _, _ = ckpt.restore_latest(program.abstract_state)
   finally:
     ckpt.close()
   return step, jax.device_get(state)
@@ -125,10 +120,10 @@ def test_two_processes_match_one(tmp_path):
     path = str(tmp_path / f"process_{i}.log")
     proc, log = _start([f"--workdir={shared}", "--distributed=on",
                         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                        f"--process_id={i}", "--cpu_devices=2", *common], path)
+                        f"--process_id={i}", "--jax_num_cpu_devices=2", *common], path)
     procs.append((proc, log, path))
   path = str(tmp_path / "reference.log")
-  proc, log = _start([f"--workdir={single}", "--distributed=off", "--cpu_devices=4",
+  proc, log = _start([f"--workdir={single}", "--distributed=off", "--jax_num_cpu_devices=4",
                       *common], path)
   procs.append((proc, log, path))
   _wait_all(procs, start + TIMEOUT_S)

@@ -164,7 +164,9 @@ def test_build_optimizers():
   cfg = ml_collections.ConfigDict(dict(
       lr=1e-4, lr_min_ratio=1.0, lr_warmup_steps=10, beta1=0.9, beta2=0.95,
       weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1))
-  dense_tx, emb_lr = optim.build_optimizers(cfg, total_steps=100)
+  optimizers = optim.build_optimizers(cfg, total_steps=100)
+  dense_tx, emb_lr = optimizers.dense_tx, optimizers.puzzle_emb_lr
+  assert float(optimizers.dense_lr(0)) == pytest.approx(1e-5)
   assert float(emb_lr(0)) == pytest.approx(1e-3)
   assert float(emb_lr(50)) == pytest.approx(1e-2)
   p = {"w": jnp.ones((3,))}

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import env_util
-from hrm_jax import convert, data, inference, metric_writers, solve
+from hrm_jax import convert, data, inference, metric_writers, solve, torch_names, train
+from hrm_jax import workdir as workdir_lib
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import maze as maze_data
 from hrm_jax.data import sudoku as sudoku_data
@@ -50,7 +51,7 @@ def train_smoke(experiment, workdir, data_dir, overrides):
       capture_output=True, text=True, cwd=REPO_ROOT, env=env_util.single_device_env(),
       check=False, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return inference.read_run_config(workdir)
+  return workdir_lib.read_config(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +123,65 @@ def test_wrong_answer_is_reported_invalid(run, monkeypatch):
   assert "Valid: NO" in solve.format_text(result)
 
 
-def test_converted_checkpoint_gives_the_same_answer(run, tmp_path):
-  """--converted (an official checkpoint's format) runs the same model."""
-  workdir, boards, answers = run
+def _released_state_dict(loaded):
+  """Our weights under the original's state-dict names (as a released
+  `torch.save(model.state_dict())` names them), numpy [out, in] kernels."""
+  w = jax.device_get(loaded.weights)
+  state = {}
+  for name, (path, transpose) in torch_names._DIRECT.items():  # pylint: disable=protected-access
+    node = w.params
+    for key in path:
+      node = node.get(key) if isinstance(node, dict) else None
+    if node is not None:
+      state[name] = np.asarray(node).T if transpose else np.asarray(node)
+  for level in ("H", "L"):
+    for layer, blocks in w.params[f"{level}_level"].items():
+      for block, projs in blocks.items():
+        for proj, leaf in projs.items():
+          i = layer[len("layers_"):]
+          state[f"inner.{level}_level.layers.{i}.{block}.{proj}.weight"] = (
+              np.asarray(leaf["kernel"]).T)
+  state["inner.H_init"] = np.asarray(w.buffers["H_init"], np.float32)
+  state["inner.L_init"] = np.asarray(w.buffers["L_init"], np.float32)
+  state["inner.puzzle_emb.weights"] = np.asarray(w.puzzle_emb)
+  return {"_orig_mod.model." + k: v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def converted(run, tmp_path_factory):
+  """The trained model through `convert` from a state dict in the released format."""
+  workdir = run[0]
   loaded = inference.load_workdir(workdir)
-  tables = jax.device_get({"params": loaded.state.params, "buffers": loaded.state.buffers,
-                           "puzzle_emb": loaded.state.puzzle_emb})
-  convert.save_converted(tmp_path / "converted", loaded.config, tables)
-  result = solve.run(converted=str(tmp_path / "converted"), sudoku=_text(boards[0]))
-  assert result["valid"] and result["checkpoint_step"] is None
+  cfg = loaded.model.config
+  out = tmp_path_factory.mktemp("converted") / "out"
+  overrides = {k: getattr(cfg, k) for k in ("seq_len", "num_heads", "H_cycles", "L_cycles",
+                                            "halt_max_steps", "forward_dtype")}
+  convert.convert_state_dict(_released_state_dict(loaded), out, overrides=overrides,
+                             family="sudoku")
+  return str(out), loaded
+
+
+def test_converted_checkpoint_gives_the_same_answer(run, converted):
+  """A released checkpoint's format, converted, runs the same model with no extra flags."""
+  _, boards, answers = run
+  result = solve.run(workdir=converted[0], sudoku=_text(boards[0]))
+  assert result["valid"] and result["checkpoint_step"] == 0
   np.testing.assert_array_equal(result["solution"], answers[0])
+
+
+def test_converted_checkpoint_initialises_a_run(run, converted, tmp_path):
+  """--config.init_from=<converted dir>: a fresh run starts from those weights
+  (lr 0 keeps them bit for bit through one update)."""
+  from experiments import sudoku  # pylint: disable=import-outside-toplevel
+  config = sudoku.get_config("smoke")
+  config.data.data_dir = str(tmp_path / "data")
+  config.init_from = converted[0]
+  config.total_steps = 1
+  config.opt.lr = config.opt.puzzle_emb_lr = 0.0
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  trained = jax.device_get(converted[1].weights.params)
+  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(jax.device_get(result.state.params))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_size_and_family_mismatch_are_explained(run, tmp_path):
@@ -163,10 +213,11 @@ def test_maze_path_check():
 
 
 def _fake_arc_model(identifiers):
-  config = types.SimpleNamespace(seq_len=arc_data.SEQ_LEN, vocab_size=arc_data.VOCAB_SIZE,
-                                 halt_max_steps=2)
-  return inference.Loaded(model=None, config=config, state=None, kind="arc",
-                          identifiers=identifiers, run_config=None, step=1, source="fake")
+  model = types.SimpleNamespace(config=types.SimpleNamespace(
+      seq_len=arc_data.SEQ_LEN, vocab_size=arc_data.VOCAB_SIZE, halt_max_steps=2))
+  run_config = types.SimpleNamespace(data=types.SimpleNamespace(family="arc"))
+  return inference.Loaded(model=model, weights=None, config=run_config, metadata=None,
+                          identifiers=identifiers, step=1, directory="fake")
 
 
 def test_arc_votes_map_every_variant_back(monkeypatch):
@@ -254,8 +305,6 @@ def test_cli_bad_input_exits_non_zero_without_traceback(tmp_path):
 def test_missing_checkpoint(tmp_path):
   with pytest.raises(solve.SolveError, match=r"no checkpoints/ directory"):
     solve.run(workdir=str(tmp_path), sudoku="3102423124131324")
-  with pytest.raises(solve.SolveError, match=r"not a converted HRM checkpoint"):
-    solve.run(converted=str(tmp_path), sudoku="3102423124131324")
 
 
 def test_solve_needs_the_workdir_only(run, monkeypatch):

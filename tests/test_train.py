@@ -28,7 +28,7 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", ["sudoku", "maze", "arc"])
 def test_smoke_runs_and_resumes(name, data_dir, tmp_path):
   config = smoke_config(name, data_dir, total_steps=2, **{"eval.every_steps": 2})
-  _, eval_metrics = train.run(config, str(tmp_path))
+  eval_metrics = train.train_and_evaluate(config, str(tmp_path)).eval_metrics
   assert eval_metrics, "evaluation produced no metrics"
   assert all(np.isfinite(v) for v in eval_metrics.values())
   assert checkpoint.Checkpointer(tmp_path, every_steps=2).latest_step() == 2
@@ -37,7 +37,7 @@ def test_smoke_runs_and_resumes(name, data_dir, tmp_path):
   assert any(k.startswith("eval/") for r in records for k in r)
   # Resume: the same workdir with a longer run continues from step 2.
   config = smoke_config(name, data_dir, total_steps=4, **{"eval.every_steps": 4})
-  state, _ = train.run(config, str(tmp_path))
+  state = train.train_and_evaluate(config, str(tmp_path)).state
   assert int(state.step) == 4
   steps_logged = [r["step"] for r in metric_writers.read_jsonl_metrics(tmp_path)
                   if "train/loss" in r]
@@ -48,11 +48,13 @@ def test_exact_resume_is_bitwise(data_dir, tmp_path):
   """6 uninterrupted steps == 3 steps + restart + 3 steps, bit for bit."""
   overrides = {"total_steps": 6, "eval.every_steps": 100, "ckpt.every_steps": 100,
                "model.halt_exploration_prob": 0.5}
-  straight, _ = train.run(smoke_config("sudoku", data_dir, **overrides), str(tmp_path / "a"))
-  train.run(smoke_config("sudoku", data_dir, stop_at_step=3, **overrides),
-            str(tmp_path / "b"))
+  straight = train.train_and_evaluate(smoke_config("sudoku", data_dir, **overrides),
+                                     str(tmp_path / "a")).state
+  train.train_and_evaluate(smoke_config("sudoku", data_dir, stop_at_step=3, **overrides),
+                           str(tmp_path / "b"))
   assert checkpoint.Checkpointer(tmp_path / "b", every_steps=100).latest_step() == 3
-  resumed, _ = train.run(smoke_config("sudoku", data_dir, **overrides), str(tmp_path / "b"))
+  resumed = train.train_and_evaluate(smoke_config("sudoku", data_dir, **overrides),
+                                    str(tmp_path / "b")).state
   for a, b in zip(jax.tree.leaves(jax.device_get(straight)),
                   jax.tree.leaves(jax.device_get(resumed))):
     np.testing.assert_array_equal(a, b)
@@ -61,7 +63,7 @@ def test_exact_resume_is_bitwise(data_dir, tmp_path):
 def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
   config = smoke_config("sudoku", data_dir, total_steps=4, **{"opt.lr": float("nan")})
   with pytest.raises(FloatingPointError, match=r"step \d"):
-    train.run(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path))
   # Nothing non-finite was saved.
   assert checkpoint.Checkpointer(tmp_path, every_steps=2).latest_step() is None
 
@@ -70,7 +72,7 @@ def test_unknown_model_field_is_named(data_dir, tmp_path):
   config = smoke_config("sudoku", data_dir)
   config.model.hiden_size = 8
   with pytest.raises(ValueError, match="hiden_size"):
-    train.run(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):

@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from hrm_jax import sharding, state as state_lib, steps
-from hrm_jax.models import hrm
+from hrm_jax.models import act, hrm
 
 B = 16
 
@@ -38,18 +39,14 @@ def batches(num, cfg, seed=0):
 def run(mesh_config, num_steps=3, devices=None):
   cfg = tiny_config()
   mesh = sharding.make_mesh(mesh_config, devices)
-  model = hrm.HRMInner(cfg)
-  step_fn, tx = steps.make_train_step(model, opt_config(), total_steps=10,
-                                      global_batch_size=B)
-  state, state_sh = state_lib.create_sharded_state(model, tx, jax.random.key(0), mesh)
-  carry, carry_sh = state_lib.create_sharded_carry(cfg, B, mesh)
+  program = steps.build_train_step(cfg, opt_config(), total_steps=10,
+                                   global_batch_size=B, mesh=mesh)
+  state, carry = program.init_state(jax.random.key(0)), program.init_carry()
   batch_sh = sharding.batch_sharding(mesh)
-  jitted = jax.jit(step_fn, in_shardings=(state_sh, carry_sh, batch_sh, None),
-                   out_shardings=(state_sh, carry_sh, None), donate_argnums=(0, 1))
   metrics = []
   for batch in batches(num_steps, cfg):
     batch = jax.tree.map(lambda x: jax.device_put(x, batch_sh), batch)
-    state, carry, m = jitted(state, carry, batch, jax.random.key(1))
+    state, carry, m = program.step(state, carry, batch, jax.random.key(1))
     metrics.append(jax.device_get(m))
   return jax.device_get(state), jax.device_get(carry), metrics, state
 
@@ -93,22 +90,27 @@ def test_eval_adaptive_halting_freezes_rows_and_counts_steps():
   """Q head forced to 'halt' (bias +5/-5): adaptive eval stops after 1 segment."""
   cfg = tiny_config(halt_max_steps=4)
   model = hrm.HRMInner(cfg)
-  _, tx = steps.make_train_step(model, opt_config(), total_steps=10, global_batch_size=B)
-  state = state_lib.init_state(model, tx, jax.random.key(0))
+  state = state_lib.init_state(model, optax.identity(), jax.random.key(0))
   batch = jax.tree.map(jnp.asarray, next(batches(1, cfg)))
-  fixed_sums, fixed_rows = steps.eval_step(state, batch, model=model, halt_max_steps=4,
-                                           keep_trajectory=True)
+  weights = state.eval_weights()
+  fixed_sums, fixed_rows = steps.eval_step(weights, batch, model=model, halt_max_steps=4)
+  _, _, trajectory = act.rollout(model, weights.variables(), weights.puzzle_emb, batch,
+                                 halt_max_steps=4, keep_trajectory=True)
   np.testing.assert_array_equal(fixed_rows["steps"], 4)
-  assert fixed_rows["trajectory"].shape == (4, B, cfg.seq_len)
+  assert trajectory.shape == (4, B, cfg.seq_len)
   assert float(fixed_sums["count"]) == B
   halting = state.replace(params=jax.tree.map(lambda x: x, state.params))
   halting.params["q_head"]["bias"] = jnp.array([5.0, -5.0])
-  sums, rows = steps.eval_step(halting, batch, model=model, halt_max_steps=4,
-                               adaptive_halting=True, keep_trajectory=True)
+  weights = halting.eval_weights()
+  sums, rows = steps.eval_step(weights, batch, model=model, halt_max_steps=4,
+                               adaptive_halting=True)
+  _, _, trajectory = act.rollout(model, weights.variables(), weights.puzzle_emb, batch,
+                                 halt_max_steps=4, adaptive_halting=True,
+                                 keep_trajectory=True)
   np.testing.assert_array_equal(rows["steps"], 1)
   assert float(sums["steps"]) == B  # mean segments used = 1
   # Frozen rows keep the prediction of the segment where they halted.
-  np.testing.assert_array_equal(rows["predictions"], rows["trajectory"][0])
+  np.testing.assert_array_equal(rows["predictions"], trajectory[0])
   # Inference-time scaling: more segments than training used.
-  _, more = steps.eval_step(state, batch, model=model, halt_max_steps=6)
+  _, more = steps.eval_step(state.eval_weights(), batch, model=model, halt_max_steps=6)
   np.testing.assert_array_equal(more["steps"], 6)

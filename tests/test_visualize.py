@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 
 import env_util
-from hrm_jax import visualize
+from hrm_jax import pictures, visualize
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import maze as maze_data
 from hrm_jax.data import sudoku as sudoku_data
@@ -77,7 +77,7 @@ def _axes():
 
 
 def _red_outlines(ax):
-  red = mcolors.to_rgba(visualize.WRONG)
+  red = mcolors.to_rgba(pictures.WRONG)
   return sum(1 for p in ax.patches if p.get_edgecolor() == red)
 
 
@@ -88,15 +88,15 @@ def test_sudoku_wrong_digit_is_red():
   wrong = answer.copy()
   wrong[0, 2] = 1
   ax = _axes()
-  assert visualize.render_grid(ax, "sudoku", sudoku_data.encode(wrong),
+  assert pictures.render_grid(ax, "sudoku", sudoku_data.encode(wrong),
                                inputs=sudoku_data.encode(puzzle),
                                target=sudoku_data.encode(answer)) == 1
   assert _red_outlines(ax) == 1
   red_texts = [t.get_text() for t in ax.texts
-               if t.get_color() == visualize.WRONG]
+               if t.get_color() == pictures.WRONG]
   assert red_texts == ["1"]
   ax = _axes()
-  assert visualize.render_grid(ax, "sudoku", sudoku_data.encode(answer),
+  assert pictures.render_grid(ax, "sudoku", sudoku_data.encode(answer),
                                inputs=sudoku_data.encode(puzzle),
                                target=sudoku_data.encode(answer)) == 0
   assert _red_outlines(ax) == 0
@@ -106,7 +106,7 @@ def test_maze_path_errors_are_outlined():
   solved = "#####" "#Soo#" "###o#" "#Goo#" "#####"
   partial = "#####" "#Soo#" "### #" "#Goo#" "#####"
   ax = _axes()
-  assert visualize.render_grid(ax, "maze", maze_data.encode(partial),
+  assert pictures.render_grid(ax, "maze", maze_data.encode(partial),
                                target=maze_data.encode(solved)) == 1
   assert _red_outlines(ax) == 1
 
@@ -115,7 +115,7 @@ def test_arc_crops_at_eos_and_marks_shape_errors():
   target = np.array([[1, 2], [3, 4]])
   guess = np.array([[1, 2, 5], [3, 0, 5]])  # 1 wrong cell + 2 outside the target
   ax = _axes()
-  wrong = visualize.render_grid(ax, "arc", arc_data.encode_grid(guess),
+  wrong = pictures.render_grid(ax, "arc", arc_data.encode_grid(guess),
                                 target=arc_data.encode_grid(target))
   assert wrong == 3
   assert _red_outlines(ax) == 3

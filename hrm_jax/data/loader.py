@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from hrm_jax.data import builders
+from hrm_jax.data import families
 from hrm_jax.data import npy_format
 from hrm_jax.data import puzzles
 
@@ -30,6 +31,14 @@ def load(data_cfg, split: str) -> puzzles.PuzzleSplit:
     return npy_format.read_split(data_cfg.source[len("npy:"):], split)
   builder = prepare(data_cfg)
   return builders.read_split(builder, split)
+
+
+def shape(data_cfg) -> puzzles.DatasetShape:
+  """Vocabulary, length and puzzle-id count of the dataset `data_cfg` describes,
+  without building it (`npy:` datasets: read from their dataset.json)."""
+  if data_cfg.source.startswith("npy:"):
+    return npy_format.read_shape(data_cfg.source[len("npy:"):])
+  return families.get(data_cfg.family).shape(data_cfg)
 
 
 def prepare(data_cfg):

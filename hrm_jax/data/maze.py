@@ -337,3 +337,52 @@ def path_is_shortest(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> bool:
   """True if a valid answer marks exactly as many cells as a shortest path."""
   _, length, _ = shortest_path_label(np.asarray(maze_NxN))
   return int(np.sum(np.asarray(answer_NxN) == PATH)) == length - 1
+
+
+# --------------------------------------------------------- family interface
+# (what `hrm_jax.data.families` promises every family provides)
+
+NAME = "maze"
+
+
+def configure(c) -> None:
+  """Adds the maze fields and their paper-scale defaults to a data config."""
+  # "generate" (offline), or "csv:<dir>" / "hf:sapientinc/maze-30x30-hard-1k".
+  c.source = "generate"
+  c.grid_size = 30  # Side of the square maze (CSV: must match the data).
+  c.train_size = 1000  # Train mazes (CSV: 0 = all rows).
+  c.test_size = -1  # -1 = source default (CSV: all; generate: 1000).
+  # Generated mazes keep only shortest paths with more moves than this;
+  # -1 = 110 for 30x30 (Maze-Hard) and 8/12/18 for 7/9/11.
+  c.min_path_length = -1
+  # Generator: probability of opening each inner wall after carving a
+  # perfect maze (adds loops; the label stays a unique shortest path).
+  c.loop_fraction = 0.05
+  # The reference's --aug: all 8 dihedral variants of each train maze
+  # (off in the paper).
+  c.dihedral_aug = False
+
+
+def shape(cfg) -> puzzles.DatasetShape:
+  return puzzles.DatasetShape(vocab_size=VOCAB_SIZE, seq_len=int(cfg.grid_size) ** 2,
+                              num_puzzle_identifiers=1)
+
+
+def encodes(vocab: int, seq_len: int) -> bool:
+  side = int(round(np.sqrt(seq_len)))
+  return vocab == VOCAB_SIZE and side * side == seq_len
+
+
+def describe(seq_len: int) -> str:
+  side = int(round(np.sqrt(seq_len)))
+  return f"{side}x{side} maze ({seq_len} cells)"
+
+
+def check_answer(inputs_S: np.ndarray, prediction_S: np.ndarray) -> str | None:
+  """Why `prediction` is not a path from S to G over open cells (None: it is)."""
+  side = int(round(np.sqrt(np.asarray(inputs_S).size)))
+  grid = np.asarray(inputs_S).reshape(side, side)
+  answer = np.asarray(prediction_S).reshape(side, side)
+  if not np.all((answer >= 1) & (answer <= len(CHARSET))):
+    return "the model output PAD tokens"
+  return path_problem(grid, answer)

@@ -34,6 +34,16 @@ def _read_json(path: str):
     return json.load(f)
 
 
+def read_shape(root: str) -> puzzles.DatasetShape:
+  """Vocabulary, length and puzzle-id count from train/dataset.json alone."""
+  meta = _read_json(os.path.join(os.path.expanduser(root), "train", "dataset.json"))
+  try:
+    return puzzles.DatasetShape(*(int(meta[k]) for k in (
+        "vocab_size", "seq_len", "num_puzzle_identifiers")))
+  except KeyError as e:
+    raise DataError(f"{root}/train/dataset.json: missing field {e}") from None
+
+
 def read_split(root: str, split: str) -> puzzles.PuzzleSplit:
   """Reads one split of a reference-built dataset into memory."""
   root = os.path.expanduser(root)

@@ -18,7 +18,24 @@ import numpy as np
 PAD_ID = 0
 BLANK_IDENTIFIER_ID = 0
 BLANK_IDENTIFIER = "<blank>"
-IGNORE_LABEL_ID = -100  # What label id `metadata.ignore_label_id` becomes.
+# What label id `metadata.ignore_label_id` becomes: the loss and metrics skip it.
+IGNORE_LABEL_ID = -100
+
+
+def loss_labels(labels: np.ndarray, ignore_label_id: int | None) -> np.ndarray:
+  """Stored labels -> int32 labels with the dataset's ignore id as IGNORE_LABEL_ID."""
+  labels = np.asarray(labels).astype(np.int32)
+  if ignore_label_id is not None:
+    labels[labels == ignore_label_id] = IGNORE_LABEL_ID
+  return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetShape:
+  """The three numbers a model takes from its dataset."""
+  vocab_size: int
+  seq_len: int
+  num_puzzle_identifiers: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +49,10 @@ class DatasetMetadata:
   blank_identifier_id: int
   total_groups: int
   mean_puzzle_examples: float
+
+  @property
+  def shape(self) -> DatasetShape:
+    return DatasetShape(self.vocab_size, self.seq_len, self.num_puzzle_identifiers)
 
 
 @dataclasses.dataclass

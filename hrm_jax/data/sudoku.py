@@ -325,3 +325,70 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
       identifiers=[puzzles.BLANK_IDENTIFIER],
       num_groups={"train": len(train[0]), "test": len(test[0])},
       make_groups=make_groups)
+
+
+# --------------------------------------------------------- family interface
+# (what `hrm_jax.data.families` promises every family provides)
+
+NAME = "sudoku"
+
+
+def configure(c) -> None:
+  """Adds the Sudoku fields and their paper-scale defaults to a data config."""
+  # "generate" (offline), or "csv:<dir>" / "hf:sapientinc/sudoku-extreme"
+  # for the paper's Sudoku-Extreme data.
+  c.source = "generate"
+  c.board_size = 9  # 9 (3x3 boxes), 6 (2x3 boxes) or 4 (2x2 boxes).
+  # Original train puzzles: the paper's 1k subset (CSV: 0 = all rows).
+  c.train_size = 1000
+  # Test puzzles; -1 = source default (CSV: all of test.csv, ~423k as in
+  # the paper; generate: 1000).
+  c.test_size = -1
+  # Augmented variants per train puzzle (paper: 1000 => 1,001,000 rows).
+  c.num_aug = 1000
+  # -1 = source default. CSV: keep rows with rating >= this (reference
+  # --min-difficulty, off in the paper). generate: keep puzzles whose
+  # fixed-solver backtrack rating is >= this; default 20 for minimal 9x9
+  # boards (keeps ~40% of them; median rating 13), else 0.
+  c.min_rating = -1
+  # Generated boards: blanks per puzzle; 0 = remove clues until minimal.
+  # The CPU config uses board_size=6, num_blanks=14.
+  c.num_blanks = 0
+
+
+def shape(cfg) -> puzzles.DatasetShape:
+  """PAD, blank and one token per digit; one cell per token; one (blank) id."""
+  n = int(cfg.board_size)
+  return puzzles.DatasetShape(vocab_size=vocab_size(n), seq_len=n * n,
+                              num_puzzle_identifiers=1)
+
+
+def board_side(num_cells: int) -> int | None:
+  """4, 6 or 9 for 16, 36 or 81 cells (the board sizes we encode), else None."""
+  side = int(round(np.sqrt(num_cells)))
+  return side if side * side == num_cells and side in (4, 6, 9) else None
+
+
+def encodes(vocab: int, seq_len: int) -> bool:
+  side = board_side(seq_len)
+  return side is not None and vocab == vocab_size(side)
+
+
+def describe(seq_len: int) -> str:
+  side = int(round(np.sqrt(seq_len)))
+  return f"{side}x{side} Sudoku ({seq_len} cells)"
+
+
+def check_answer(inputs_S: np.ndarray, prediction_S: np.ndarray) -> str | None:
+  """Why `prediction` (tokens) does not solve the board `inputs` (tokens);
+  None when it is a valid completion that keeps every given."""
+  board = decode(inputs_S)
+  tokens = np.asarray(prediction_S).reshape(board.shape)
+  # Token d+1 is digit d; anything below 2 (PAD, blank) is not an answer.
+  digits = np.where(tokens >= 2, tokens.astype(np.int16) - 1, 0).astype(np.int8)
+  if np.any(digits == 0) or np.any(digits > board.shape[0]):
+    bad = (digits == 0) | (digits > board.shape[0])
+    r, c = (int(v) for v in np.argwhere(bad)[0])
+    return (f"{int(bad.sum())} cell(s) are not digits (first at row {r + 1}, "
+            f"column {c + 1})")
+  return solution_problem(board, digits)

@@ -9,8 +9,9 @@ K only if *every* one of its test inputs has the true output in the top K.
 Deviation: predictions that crop to an empty grid cast no vote (they can
 never be right, and would otherwise take a submission slot).
 
-`ArcVoter` accumulates batches; `Evaluator` adapts it to the trainer's
-evaluator plug-in interface (`hrm_jax.evaluators.<type>.Evaluator`).
+`Votes` is the vote core (also used by `solve`); `ArcVoter` adds the split's
+ground truth and pass@K (`config.eval.pass_ks`); `Evaluator` adapts it to the
+trainer's evaluator plug-in interface (`hrm_jax.evaluators.<type>.Evaluator`).
 """
 
 from __future__ import annotations
@@ -29,27 +30,52 @@ from hrm_jax.evaluators import exact_match
 PASS_AT = (1, 2, 5, 10, 100, 1000)
 
 
-def _key(grid: np.ndarray) -> bytes:
+def grid_key(grid: np.ndarray) -> bytes:
+  """Identity of a grid for voting: its shape and cells."""
   return hashlib.sha256(np.asarray(grid.shape, np.int32).tobytes() +
                         np.ascontiguousarray(grid, np.int8).tobytes()).digest()
+
+
+class Votes:
+  """The vote core shared by the evaluator and `solve`: per question (any
+  hashable key, e.g. (task, test index)) identical answers are bucketed and
+  ranked by vote count, ties by the mean sigmoid(q_halt) of their voters."""
+
+  def __init__(self):
+    # votes[question][grid key] = [count, sum of confidences, grid]
+    self._votes: dict = collections.defaultdict(dict)
+
+  def add(self, question, grid: np.ndarray, confidence: float) -> None:
+    slot = self._votes[question].setdefault(grid_key(grid), [0, 0.0, grid])
+    slot[0] += 1
+    slot[1] += float(confidence)
+
+  def ranked(self, question) -> list[tuple[np.ndarray, int, float]]:
+    """(grid, votes, mean confidence) per candidate, best first."""
+    slots = self._votes.get(question, {}).values()
+    order = sorted(slots, key=lambda s: (s[0], s[1] / s[0]), reverse=True)
+    return [(s[2], s[0], s[1] / s[0]) for s in order]
+
+  @property
+  def num_votes(self) -> int:
+    return sum(s[0] for v in self._votes.values() for s in v.values())
 
 
 class ArcVoter:
   """Votes over the augmented variants of an ARC test split."""
 
-  def __init__(self, split_info: puzzles.PuzzleSplit):
+  def __init__(self, split_info: puzzles.PuzzleSplit, pass_ks=PASS_AT):
     split = split_info
+    self._pass_ks = tuple(int(k) for k in pass_ks)
     names = [arc_data.parse_name(n) for n in split.identifiers]
     self._names = names
     sizes = np.diff(split.puzzle_indices)
     example_puzzle = np.repeat(np.arange(len(sizes)), sizes)
-    self._example_pid = split.puzzle_identifiers[example_puzzle]
     self._example_k = (np.arange(split.num_examples) -
                        split.puzzle_indices[example_puzzle])
     # Ground truth from the non-augmented puzzles (identity names).
     self._truth: dict[str, dict[int, np.ndarray]] = collections.defaultdict(
         dict)
-    self._inputs: dict[tuple[str, bytes], int] = {}
     for p, pid in enumerate(split.puzzle_identifiers.tolist()):
       name = split.identifiers[pid]
       task = names[pid][0]
@@ -58,65 +84,45 @@ class ArcVoter:
       for k in range(int(sizes[p])):
         e = int(split.puzzle_indices[p]) + k
         self._truth[task][k] = arc_data.crop(split.labels[e])
-        self._inputs[(task, _key(arc_data.crop(split.inputs[e])))] = k
-    # votes[(task, k)][grid key] = [count, sum of sigmoid(q_halt), grid]
-    self._votes = collections.defaultdict(dict)
-    self.unmatched_rows = 0
+    self._votes = Votes()
 
-  def add(self, puzzle_identifiers_B, example_index_or_inputs,
-          predictions_BxS, q_halt_logits_B) -> None:
-    """Adds one batch. The second argument is either example indices [B]
-    (from `eval_batches`; -1 = padding) or the input tokens [B, S]; rows
-    with puzzle id 0 (padding) are ignored."""
+  def add(self, puzzle_identifiers_B, example_index_B, predictions_BxS,
+          q_halt_logits_B) -> None:
+    """Adds one batch of `eval_batches` rows (example index -1 = padding;
+    rows with puzzle id 0 are ignored)."""
     ids = np.asarray(puzzle_identifiers_B).reshape(-1)
-    second = np.asarray(example_index_or_inputs)
+    examples = np.asarray(example_index_B).reshape(-1)
     preds = np.asarray(predictions_BxS).reshape(len(ids), -1)
     conf = 1.0 / (1.0 + np.exp(-np.asarray(q_halt_logits_B, np.float64)))
     for i, pid in enumerate(ids.tolist()):
-      if pid == puzzles.BLANK_IDENTIFIER_ID:
+      if pid == puzzles.BLANK_IDENTIFIER_ID or examples[i] < 0:
         continue
       task, t, cmap = self._names[pid]
-      if second.ndim == 1:
-        e = int(second[i])
-        if e < 0:
-          continue
-        k = int(self._example_k[e])
-      else:
-        raw = arc_data.invert_grid(arc_data.crop(second[i]), t, cmap)
-        k = self._inputs.get((task, _key(raw)))
-        if k is None:
-          self.unmatched_rows += 1
-          continue
       grid = arc_data.crop(preds[i])
       if grid.size == 0:
         continue
-      grid = arc_data.invert_grid(grid, t, cmap)
-      slot = self._votes[(task, k)].setdefault(_key(grid), [0, 0.0, grid])
-      slot[0] += 1
-      slot[1] += float(conf[i])
+      self._votes.add((task, int(self._example_k[examples[i]])),
+                      arc_data.invert_grid(grid, t, cmap), conf[i])
 
   def ranked(self, task: str, k: int) -> list[np.ndarray]:
     """Candidate grids for test input k of task, best first."""
-    slots = self._votes.get((task, k), {}).values()
-    order = sorted(slots, key=lambda s: (s[0], s[1] / s[0]), reverse=True)
-    return [s[2] for s in order]
+    return [grid for grid, _, _ in self._votes.ranked((task, k))]
 
   def finalize(self) -> dict[str, float]:
     """pass@K over all tasks with ground truth (fraction in [0, 1])."""
-    passed = {k: 0 for k in PASS_AT}
+    passed = {k: 0 for k in self._pass_ks}
     for task, truths in self._truth.items():
       worst = 0  # Worst rank of a true answer over the task's test inputs.
       for k, truth in truths.items():
-        keys = [_key(g) for g in self.ranked(task, k)]
-        rank = keys.index(_key(truth)) if _key(truth) in keys else np.inf
+        keys = [grid_key(g) for g in self.ranked(task, k)]
+        rank = keys.index(grid_key(truth)) if grid_key(truth) in keys else np.inf
         worst = max(worst, rank)
-      for at in PASS_AT:
+      for at in self._pass_ks:
         passed[at] += worst < at
     num = max(1, len(self._truth))
-    out = {f"pass@{at}": passed[at] / num for at in PASS_AT}
+    out = {f"pass@{at}": passed[at] / num for at in self._pass_ks}
     out["num_tasks"] = float(len(self._truth))
-    out["num_votes"] = float(sum(s[0] for v in self._votes.values()
-                                 for s in v.values()))
+    out["num_votes"] = float(self._votes.num_votes)
     return out
 
   def submission(self) -> dict:
@@ -148,12 +154,13 @@ class Evaluator:
   def __init__(self, split, eval_cfg, workdir):
     self._split = split
     self._workdir = workdir
+    self._pass_ks = tuple(eval_cfg.get("pass_ks", PASS_AT))
     self._metrics = exact_match.Evaluator(split, eval_cfg, workdir)
-    self._voter = ArcVoter(split)
+    self._voter = ArcVoter(split, self._pass_ks)
 
   def reset(self) -> None:
     self._metrics.reset()
-    self._voter = ArcVoter(self._split)
+    self._voter = ArcVoter(self._split, self._pass_ks)
 
   def add(self, metric_sums, rows) -> None:
     self._metrics.add(metric_sums, None)

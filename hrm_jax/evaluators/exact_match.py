@@ -1,12 +1,13 @@
 """Sudoku/Maze evaluator: the reference's eval metrics (exact_accuracy = paper metric).
 
-Sums the per-batch metric sums of `steps.eval_step` and divides every key by the
-number of rows with labels (reference `pretrain.evaluate`). With adaptive halting
-`steps` is the mean number of segments used.
+Adds the per-batch metric sums of the eval step and reduces them as
+`hrm_jax.metrics` says (every metric per evaluated row: reference
+`pretrain.evaluate`). With adaptive halting `steps` is the mean number of
+segments used.
 """
 from typing import Any
 
-from hrm_jax import steps
+from hrm_jax import metrics
 
 
 class Evaluator:
@@ -15,15 +16,14 @@ class Evaluator:
 
   def __init__(self, split: Any, eval_cfg: Any, workdir: Any):
     del split, eval_cfg, workdir
-    self._sums: dict[str, float] = {}
+    self._sums = metrics.Sums()
 
   def reset(self) -> None:
-    self._sums = {}
+    self._sums = metrics.Sums()
 
   def add(self, metric_sums: dict[str, Any], rows: dict[str, Any] | None) -> None:
     del rows
-    for key, value in metric_sums.items():
-      self._sums[key] = self._sums.get(key, 0.0) + float(value)
+    self._sums.add(metric_sums)
 
   def result(self) -> dict[str, float]:
-    return steps.reduce_eval_metrics(self._sums)
+    return self._sums.eval_result()

@@ -7,16 +7,17 @@ batch at the same index; the other rows keep their example and continue where
 they stopped. All functions are pure and jit-friendly.
 """
 # pylint: disable=invalid-name
+import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from hrm_jax.models import hrm
+from hrm_jax import models
+from hrm_jax.data.puzzles import IGNORE_LABEL_ID
 
 Array = jax.Array
-IGNORE_LABEL_ID = -100
 
 
 @flax.struct.dataclass
@@ -31,7 +32,7 @@ class ACTCarry:
   puzzle_identifiers_B: Array  # int32
 
 
-def initial_carry(config: hrm.HRMConfig, batch_size: int) -> ACTCarry:
+def initial_carry(config: Any, batch_size: int) -> ACTCarry:
   """All rows halted, so the first step loads the whole batch and resets states."""
   B, L, D, S = batch_size, config.num_positions, config.hidden_size, config.seq_len
   return ACTCarry(
@@ -65,14 +66,14 @@ def reset_halted(carry: ACTCarry, batch: dict[str, Array], H_init_D: Array,
   )
 
 
-def act_step(model: hrm.HRMInner, variables: Any, carry: ACTCarry,
+def act_step(model: Any, variables: Any, carry: ACTCarry,
              puzzle_rows_BxE: Array, rng: Array | None, *, training: bool,
              adaptive_halting: bool = False,
              halt_max_steps: int | None = None) -> tuple[ACTCarry, dict[str, Array]]:
   """Runs one segment on an already reset carry and decides which rows halt.
 
   Args:
-    model: the inner model.
+    model: the inner model (any family: its `segment` is looked up).
     variables: {"params", "buffers"}.
     carry: the carry after `reset_halted`.
     puzzle_rows_BxE: puzzle-embedding rows of `carry.puzzle_identifiers_B`.
@@ -86,8 +87,9 @@ def act_step(model: hrm.HRMInner, variables: Any, carry: ACTCarry,
     and, when training with halt_max_steps > 1, target_q_continue [B].
   """
   cfg = model.config
+  segment = models.family_of(cfg).segment
   M = cfg.halt_max_steps if halt_max_steps is None else halt_max_steps
-  (z_H, z_L), logits_BxSxV, q_halt_B, q_continue_B = hrm.segment(
+  (z_H, z_L), logits_BxSxV, q_halt_B, q_continue_B = segment(
       model, variables, carry.z_H_BxLxD, carry.z_L_BxLxD, carry.inputs_BxS,
       puzzle_rows_BxE)
   outputs = {"logits": logits_BxSxV, "q_halt_logits": q_halt_B,
@@ -109,7 +111,7 @@ def act_step(model: hrm.HRMInner, variables: Any, carry: ACTCarry,
     # Q-continue target: Q values of the next segment from the new carry, same
     # data, no gradient (no replay buffer, no target network: PQN-style).
     frozen_vars, frozen_rows = jax.lax.stop_gradient((variables, puzzle_rows_BxE))
-    _, _, next_q_halt_B, next_q_continue_B = hrm.segment(
+    _, _, next_q_halt_B, next_q_continue_B = segment(
         model, frozen_vars, z_H, z_L, carry.inputs_BxS, frozen_rows)
     target_B = jax.nn.sigmoid(jnp.where(
         is_last_B, next_q_halt_B, jnp.maximum(next_q_halt_B, next_q_continue_B)))
@@ -120,3 +122,57 @@ def act_step(model: hrm.HRMInner, variables: Any, carry: ACTCarry,
   new_carry = carry.replace(z_H_BxLxD=z_H, z_L_BxLxD=z_L, steps_B=steps_B,
                             halted_B=halted_B)
   return new_carry, outputs
+
+
+def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, Array], *,
+            halt_max_steps: int, adaptive_halting: bool = False,
+            keep_trajectory: bool = False):
+  """Runs a fresh carry over one batch to the end (reference `pretrain.evaluate`).
+
+  Every row runs `halt_max_steps` segments (inference-time scaling: may exceed
+  the training value), or, with `adaptive_halting`, stops when its Q head says
+  halt; rows that finished keep their state, outputs and step count.
+
+  Args:
+    model: the inner model.
+    variables: {"params", "buffers"}.
+    puzzle_emb_PxE: the puzzle-embedding table.
+    batch: inputs [B,S], labels [B,S] (IGNORE_LABEL_ID ignored), puzzle_identifiers [B].
+    halt_max_steps: segments to run at most.
+    adaptive_halting: halt rows by the Q head.
+    keep_trajectory: also return the argmax prediction after every segment.
+
+  Returns:
+    (carry with every row marked halted, outputs of each row's last segment,
+     trajectory [M,B,S] int32 or None).
+  """
+  cfg = model.config
+  B = batch["inputs"].shape[0]
+  buffers = variables["buffers"]
+  carry = reset_halted(initial_carry(cfg, B), batch, buffers["H_init"], buffers["L_init"])
+  rows_BxE = puzzle_emb_PxE[carry.puzzle_identifiers_B]
+  step = functools.partial(act_step, model, variables, rng=None, training=False,
+                           adaptive_halting=adaptive_halting,
+                           halt_max_steps=halt_max_steps)
+
+  def segment_body(loop, _):
+    carry, outputs, done_B = loop
+    new_carry, new_outputs = step(carry, rows_BxE)
+    # Rows that finished earlier keep their state and outputs.
+    keep = lambda new, old: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
+    new_carry = jax.tree.map(keep, new_carry, carry)
+    new_outputs = jax.tree.map(keep, new_outputs, outputs)
+    done_B = done_B | new_carry.halted_B
+    prediction_BxS = jnp.argmax(new_outputs["logits"], axis=-1).astype(jnp.int32)
+    return (new_carry, new_outputs, done_B), (prediction_BxS if keep_trajectory else None)
+
+  # The first segment outside the loop fixes the output shapes and dtypes.
+  carry, outputs = step(carry, rows_BxE)
+  first_prediction = jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)
+  (carry, outputs, _), trajectory = jax.lax.scan(
+      segment_body, (carry, outputs, carry.halted_B), length=halt_max_steps - 1)
+  # Every row is finished now; count them all as halted for the metrics.
+  carry = carry.replace(halted_B=jnp.ones_like(carry.halted_B))
+  if keep_trajectory:
+    trajectory = jnp.concatenate([first_prediction[None], trajectory], 0)
+  return carry, outputs, trajectory

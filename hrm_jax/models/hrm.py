@@ -13,12 +13,13 @@ L = P + S tokens, D hidden, E puzzle-embedding width, V vocabulary.
 import dataclasses
 import functools
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hrm_jax import models
 from hrm_jax.models import layers
 
 Array = jax.Array
@@ -27,34 +28,39 @@ Variables = Any  # {"params": ..., "buffers": ...}
 
 @dataclasses.dataclass(frozen=True)
 class HRMConfig:
-  """Model hyperparameters; field names follow the reference's `hrm_v1.yaml`."""
-  # Data-derived.
+  """Model hyperparameters; field names follow the reference's `hrm_v1.yaml`.
+
+  The one source of the family's defaults (reference values, spec §1.1):
+  experiment files get `config.model` from `models.default_fields("hrm")`.
+  """
+  ARCH: ClassVar[str] = "hrm"
+  # Data-derived (from the dataset, never set in config.model).
   seq_len: int
   vocab_size: int
   num_puzzle_identifiers: int
-  # Architecture (reference defaults, spec §1.1).
+  # Width of the learned per-puzzle embedding (ceil(ndim / hidden) prefix tokens).
   puzzle_emb_ndim: int = 512
-  H_cycles: int = 2
-  L_cycles: int = 2
-  H_layers: int = 4
-  L_layers: int = 4
+  H_cycles: int = 2  # N: high-level updates per segment.
+  L_cycles: int = 2  # T: low-level updates per high-level update.
+  H_layers: int = 4  # Transformer blocks of the H module.
+  L_layers: int = 4  # Transformer blocks of the L module.
   hidden_size: int = 512
-  expansion: float = 4.0
+  expansion: float = 4.0  # SwiGLU width = round(expansion * hidden * 2/3) up to 256s.
   num_heads: int = 8
   pos_encodings: Literal["rope", "learned"] = "rope"
   rms_norm_eps: float = 1e-5
   rope_theta: float = 10000.0
-  # ACT.
-  halt_max_steps: int = 16
-  halt_exploration_prob: float = 0.1
-  # Numerics.
-  forward_dtype: str = "bfloat16"
+  halt_max_steps: int = 16  # M_max: ACT segments at most (always run at eval).
+  halt_exploration_prob: float = 0.1  # epsilon: force a random minimum of segments.
+  forward_dtype: str = "bfloat16"  # Activations; weights stay float32.
   loss_type: Literal["stablemax_cross_entropy",
                      "softmax_cross_entropy"] = "stablemax_cross_entropy"
   # Implementation switches (not in the reference).
-  scan: bool = True  # lax.scan over the no-gradient updates; False = Python loop.
-  one_step_gradient: bool = True  # False = backprop through all updates (BPTT).
-  attention_impl: str = "auto"  # "xla", "cudnn" (GPU flash attention) or "auto".
+  scan: bool = True  # lax.scan the no-gradient updates (False: Python loop).
+  one_step_gradient: bool = True  # False: backprop through every update (BPTT).
+  # "auto": cuDNN flash attention on GPUs in bf16 (no L x L scores in memory), else
+  # dense XLA attention; "xla" or "cudnn" force one.
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -242,5 +248,40 @@ def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
   return new_carry, logits_BxSxV, q_halt_B, q_continue_B
 
 
-def count_params(params) -> int:
-  return sum(int(p.size) for p in jax.tree.leaves(params))
+def block_params(cfg: HRMConfig) -> int:
+  """Matmul weights of one transformer block (attention + SwiGLU)."""
+  D = cfg.hidden_size
+  F = layers.swiglu_width(D, cfg.expansion)
+  return 4 * D * D + 3 * D * F
+
+
+def train_step_flops(cfg: HRMConfig, batch_size: int) -> float:
+  """Matmul FLOPs of one train step (all devices together).
+
+  One step runs one segment with gradient and, when halt_max_steps > 1, one
+  more no-gradient segment for the Q-continue target. A segment makes N*T
+  L-updates (L_layers blocks each) and N H-updates (H_layers blocks); with the
+  one-step gradient only the last L- and H-update are differentiated, at twice
+  their forward cost. Per token a block costs 2 * weights (matmuls) plus
+  4 * L * D (attention scores and values over all L positions). Embedding
+  gathers, norms and the optimizer are ignored (well under 1%). XLA's
+  `cost_analysis()` counts a while-loop body once whatever its trip count, so
+  it cannot give this number for a scanned recurrence.
+  """
+  L, D = cfg.num_positions, cfg.hidden_size
+  per_block = 2 * block_params(cfg) + 4 * L * D
+  N, T = cfg.H_cycles, cfg.L_cycles
+  segment_blocks = N * T * cfg.L_layers + N * cfg.H_layers
+  if cfg.one_step_gradient:
+    backward_blocks = 2 * (cfg.L_layers + cfg.H_layers)
+  else:
+    backward_blocks = 2 * segment_blocks
+  heads = 2 * D * cfg.vocab_size * cfg.seq_len + 2 * D * 2
+  segments = 2 if cfg.halt_max_steps > 1 else 1
+  per_row = (segments * segment_blocks + backward_blocks) * per_block * L + 3 * heads
+  return float(per_row * batch_size)
+
+
+FAMILY = models.register(models.Family(
+    arch=HRMConfig.ARCH, config=HRMConfig, inner=HRMInner, segment=segment,
+    init_variables=init_variables, train_step_flops=train_step_flops))
