@@ -31,6 +31,7 @@ from hrm_jax.data import config as config_lib
 from hrm_jax.data import maze
 from hrm_jax.data import puzzles
 from hrm_jax.data import sudoku
+from hrm_jax.data.errors import DataError
 
 _PLANNERS = {"sudoku": sudoku.plan, "maze": maze.plan, "arc": arc.plan}
 
@@ -96,6 +97,14 @@ class _HrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     fields = _AttrDict(self.builder_config.fields,
                        num_workers=self.builder_config.num_workers)
     plan = _PLANNERS[self.FAMILY](fields, progress=_progress)
+    for split in ("train", "test"):
+      if not plan.num_groups[split]:
+        # TFDS would stop with "No examples were yielded" after the work.
+        raise DataError(
+            f"{self.FAMILY} source {fields['source']!r} gives no {split} "
+            f"puzzles with this config, and a TFDS split cannot be empty: "
+            "give that split data (CSV rows, a positive size, ARC tasks in "
+            "an 'evaluation' sub-directory for test)")
     meta = self.info.metadata
     meta.update(plan.common_metadata())
     meta["identifiers"] = plan.identifiers
