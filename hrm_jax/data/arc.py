@@ -92,14 +92,21 @@ def parse_task(obj, task_id: str, subset: str, origin: str,
                test_outputs_required: bool = True) -> Task:
   """Validates one task dict {"train": [...], "test": [...]}.
 
-  With `test_outputs_required=False` (a task to solve, as in ARC Prize test
-  files), a test pair may lack its "output": it becomes None.
+  A task for a dataset (`test_outputs_required`, the default) needs at
+  least one train and one test pair: without them it would train nothing,
+  or fail later with an unrelated batch-size error. With
+  `test_outputs_required=False` (a task to solve, as in ARC Prize test
+  files), a test pair may lack its "output": it becomes None, and empty
+  lists are left to the caller (solving uses the test inputs only).
   """
   if not isinstance(obj, dict) or "train" not in obj or "test" not in obj:
     raise DataError(f"{origin} task {task_id}: needs 'train' and 'test' lists")
   parts = {}
   for part in ("train", "test"):
     output_optional = part == "test" and not test_outputs_required
+    if not isinstance(obj[part], list):
+      raise DataError(f"{origin} task {task_id}: '{part}' must be a list of "
+                      f"pairs, got {type(obj[part]).__name__}")
     pairs = []
     for i, pair in enumerate(obj[part]):
       loc = f"{origin} task {task_id} {part}[{i}]"
@@ -111,6 +118,12 @@ def parse_task(obj, task_id: str, subset: str, origin: str,
                     None if output is None and output_optional
                     else _grid(output, loc + " output: ")))
     parts[part] = pairs
+  if test_outputs_required:
+    for part, what in (("train", "demonstration"), ("test", "test")):
+      if not parts[part]:
+        raise DataError(f"{origin} task {task_id}: no {part} pairs; a task "
+                        f"needs at least one {what} pair (input and "
+                        "output): add one or remove the task")
   return Task(task_id, subset, parts["train"], parts["test"])
 
 
@@ -132,9 +145,9 @@ def _from_dirs(roots: list[str], limit: int) -> list[Task]:
       for name in names:
         file = os.path.join(path, name)
         try:
-          with open(file) as f:
+          with open(file, encoding="utf-8") as f:
             obj = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
           raise DataError(f"{file}: invalid JSON ({e})") from e
         tasks.append(parse_task(obj, name[:-len(".json")], sub, file))
   return tasks

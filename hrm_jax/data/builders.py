@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from hrm_jax.data import config as config_lib
 from hrm_jax.data import families
 from hrm_jax.data import puzzles
+from hrm_jax.data.errors import DataError
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -88,6 +89,14 @@ class _FamilyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     fields = _AttrDict(self.builder_config.fields,
                        num_workers=self.builder_config.num_workers)
     plan = families.get(self.FAMILY).plan(fields, progress=_progress)
+    for split in ("train", "test"):
+      if not plan.num_groups[split]:
+        # TFDS would stop with "No examples were yielded" after the work.
+        raise DataError(
+            f"{self.FAMILY} source {fields['source']!r} gives no {split} "
+            f"puzzles with this config, and a TFDS split cannot be empty: "
+            "give that split data (CSV rows, a positive size, ARC tasks in "
+            "an 'evaluation' sub-directory for test)")
     meta = self.info.metadata
     meta.update(plan.common_metadata())
     meta["identifiers"] = plan.identifiers

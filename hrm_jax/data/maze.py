@@ -202,8 +202,10 @@ def read_csv(path: str, size: int = 0, limit: int = 0, seed: int = 0,
              tag: str = ""):
   """Reads a Maze-Hard CSV (`source,q,a,rating`) into token arrays [N, S].
 
-  `size` 0 infers the side from the first row; `limit` > 0 keeps a seeded
-  subset of that many rows.
+  Every data row is checked (field count, length, characters, and a label
+  that only marks open cells 'o'), sampled or not; messages name the file,
+  its line ("row") and the CSV column. `size` 0 infers the side from the
+  first row; `limit` > 0 keeps a seeded subset of that many rows.
   """
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
@@ -211,29 +213,42 @@ def read_csv(path: str, size: int = 0, limit: int = 0, seed: int = 0,
   with open(path, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
-    if not header or "q" not in header or "a" not in header:
+    if not header:
+      raise DataError(f"{path}: empty file: no header and no data rows "
+                      "(expected the header 'source,q,a,rating', then one "
+                      "maze per row)")
+    if "q" not in header or "a" not in header:
       raise DataError(f"{path}: header must contain columns 'q' and 'a', got "
-                      f"{header or 'an empty file'}")
+                      f"{header}")
     qi, ai = header.index("q"), header.index("a")
-    for i, row in enumerate(reader):
-      loc = where(path, f"row {i + 2}")
+    for row in reader:
+      loc = where(path, f"row {reader.line_num}")
       if len(row) != len(header):
         raise DataError(f"{loc}expected {len(header)} fields, got {len(row)}")
       size = size or int(round(np.sqrt(len(row[qi]))))
-      for text in (row[qi], row[ai]):
+      tokens = []
+      for column, text in (("q", row[qi]), ("a", row[ai])):
         if len(text) != size * size:
-          raise DataError(f"{loc}expected {size * size} characters, got "
-                          f"{len(text)}")
-      try:
-        q, a = encode(row[qi]), encode(row[ai])
-      except DataError as e:
-        raise DataError(loc + str(e)) from None
-      changed = q != a
-      if np.any(changed & ~((q == OPEN) & (a == PATH))):
-        raise DataError(f"{loc}label differs from the maze outside open cells "
-                        "marked 'o'")
+          raise DataError(f"{loc}expected {size * size} characters in column "
+                          f"{column!r}, got {len(text)}")
+        try:
+          tokens.append(encode(text))
+        except DataError as e:
+          raise DataError(f"{loc}{e} in column {column!r}") from None
+      q, a = tokens
+      bad = np.flatnonzero((q != a) & ~((q == OPEN) & (a == PATH)))
+      if bad.size:
+        k = int(bad[0])
+        raise DataError(
+            f"{loc}label differs from the maze outside open cells marked "
+            f"'o': position {k} (grid row {k // size + 1}, column "
+            f"{k % size + 1}) is {CHARSET[q[k] - 1]!r} in column 'q' but "
+            f"{CHARSET[a[k] - 1]!r} in column 'a'")
       inputs.append(q)
       labels.append(a)
+  if not inputs:
+    raise DataError(f"{path}: no data rows (only the header); add one maze "
+                    "per row or point the source elsewhere")
   inputs, labels = np.array(inputs, np.uint8), np.array(labels, np.uint8)
   if 0 < limit < len(inputs):
     keep = np.sort(seeding.rng(seed, "subsample", tag).choice(

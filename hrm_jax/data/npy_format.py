@@ -7,7 +7,9 @@
 
 Reading lets users reuse datasets built by the original scripts; writing lets
 the original `puzzle_visualizer.html` inspect ours. Several sets are
-concatenated (the reference always writes one, "all").
+concatenated (the reference always writes one, "all"). Every file is checked
+on reading (`puzzles.validate_arrays`): a bad one fails with its path, row
+and column instead of training on garbage.
 """
 
 from __future__ import annotations
@@ -30,8 +32,35 @@ def _read_json(path: str):
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found (expected the reference's "
                     "identifiers.json + <split>/dataset.json layout)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: invalid JSON ({e})") from None
+
+
+def _load_array(path: str, field: str) -> np.ndarray:
+  """One .npy file as an integer array of the field's rank, or DataError."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  want_ndim = 2 if field in ("inputs", "labels") else 1
+  try:
+    value = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(f"{path}: not a readable .npy file ({e}); expected the "
+                    f"{want_ndim}-D integer array '{field}' written by "
+                    "np.save") from None
+  if not isinstance(value, np.ndarray):  # An .npz archive opens as a dict.
+    value.close()
+    raise DataError(f"{path}: an .npz archive, not one .npy array; save "
+                    f"'{field}' with np.save")
+  if value.dtype.kind not in "iu":
+    raise DataError(f"{path}: dtype {value.dtype}; '{field}' must hold "
+                    "integers (the reference writes int32)")
+  if value.ndim != want_ndim:
+    raise DataError(f"{path}: shape {value.shape}; '{field}' must be "
+                    f"{want_ndim}-D")
+  return value
 
 
 def read_shape(root: str) -> puzzles.DatasetShape:
@@ -55,23 +84,17 @@ def read_split(root: str, split: str) -> puzzles.PuzzleSplit:
   arrays = {k: [] for k in _FIELDS}
   example_base = puzzle_base = 0
   for set_name in meta.get("sets", ["all"]):
-    part = {}
-    for k in _FIELDS:
-      path = os.path.join(root, split, f"{set_name}__{k}.npy")
-      if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-      part[k] = np.load(path)
+    part = {k: _load_array(os.path.join(root, split, f"{set_name}__{k}.npy"),
+                           k) for k in _FIELDS}
+    # Every file, every row, before anything is concatenated or cast: a
+    # token >= vocab_size would otherwise only surface as NaN in training.
+    puzzles.validate_arrays(
+        **part, vocab_size=meta["vocab_size"], seq_len=meta["seq_len"],
+        num_puzzle_identifiers=meta["num_puzzle_identifiers"],
+        ignore_label_id=meta["ignore_label_id"], origin=root,
+        names={k: f"{split}/{set_name}__{k}.npy" for k in _FIELDS},
+        fix=f"Correct the file or {split}/dataset.json")
     n = len(part["inputs"])
-    if part["labels"].shape != part["inputs"].shape:
-      raise DataError(f"{root}/{split} set {set_name}: inputs "
-                      f"{part['inputs'].shape} vs labels "
-                      f"{part['labels'].shape}")
-    if part["inputs"].ndim != 2 or part["inputs"].shape[1] != meta["seq_len"]:
-      raise DataError(f"{root}/{split} set {set_name}: inputs must be "
-                      f"[N, {meta['seq_len']}], got {part['inputs'].shape}")
-    if int(part["puzzle_indices"][-1]) != n:
-      raise DataError(f"{root}/{split} set {set_name}: puzzle_indices end at "
-                      f"{int(part['puzzle_indices'][-1])}, not at {n} examples")
     skip = 1 if arrays["inputs"] else 0  # Drop the repeated leading zero.
     arrays["inputs"].append(part["inputs"])
     arrays["labels"].append(part["labels"])
@@ -83,7 +106,10 @@ def read_split(root: str, split: str) -> puzzles.PuzzleSplit:
     example_base += n
     puzzle_base += len(part["puzzle_identifiers"])
   cat = {k: np.concatenate(v) for k, v in arrays.items()}
-  if cat["inputs"].max(initial=0) > 255 or cat["labels"].max(initial=0) > 255:
+  # Validation kept every id below vocab_size: only a larger vocabulary can
+  # hold ids that do not fit the uint8 the trainer keeps splits in.
+  if meta["vocab_size"] > 256 and (cat["inputs"].max(initial=0) > 255 or
+                                   cat["labels"].max(initial=0) > 255):
     raise DataError(f"{root}/{split}: token ids above 255 are not supported")
   metadata = puzzles.DatasetMetadata(
       total_groups=len(cat["group_indices"]) - 1,
