@@ -209,3 +209,26 @@ def test_test_outputs_are_optional_only_for_tasks_to_solve():
   del task["train"][0]["output"]
   with pytest.raises(data.DataError, match=r"train\[0\]: needs 'input' and 'output'"):
     arc.parse_task(task, "t1", "", "file.json", test_outputs_required=False)
+
+
+def test_task_hash_ignores_pair_order():
+  a = (np.array([[1, 0]], np.int8), np.array([[2]], np.int8))
+  b = (np.array([[2]], np.int8), np.array([[1, 3]], np.int8))
+  assert arc._task_hash([a, b]) == arc._task_hash([b, a])
+  assert arc._task_hash([a, b]) != arc._task_hash([a, a])
+  # A pair is hashed as (input, output): swapping inside a pair is new.
+  assert arc._task_hash([a, b]) != arc._task_hash([(a[1], a[0]), b])
+
+
+def test_permutation_mapping_pairs_onto_each_other_is_a_duplicate():
+  # Pairs 1->2 (demonstration) and 2->1 (test): a colour map sending
+  # {1, 2} onto itself (e.g. swapping 1 and 2) gives the same task back, as
+  # the reference's order-invariant hash says. 1x1 grids ignore the dihedral
+  # transform, so the distinct variants are the 36 unordered pairs
+  # {new 1, new 2} (an order-sensitive hash would accept 72).
+  one, two = np.array([[1]], np.int8), np.array([[2]], np.int8)
+  task = arc.Task("swap", "training", [(one, two)], [(two, one)])
+  chosen = arc.choose_augmentations(task, num_aug=200, seed=0)
+  images = [frozenset(int(c) for c in cmap[[1, 2]]) for _, cmap in chosen]
+  assert len(chosen) == len(set(images)) == 36
+  assert images[0] == {1, 2} and images.count(frozenset({1, 2})) == 1

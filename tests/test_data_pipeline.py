@@ -11,6 +11,7 @@ from hrm_jax.data import builders
 from hrm_jax.data import config as config_lib
 from hrm_jax.data import npy_format
 from hrm_jax.data import puzzles
+from hrm_jax.data import sampler as sampler_lib
 
 
 def _sudoku_cfg(data_dir, **kw):
@@ -138,32 +139,114 @@ def _toy_split(group_sizes, seq=4, ignore=0):
 _GROUPS = [[3, 2], [1], [4, 4, 1], [2], [5], [1, 1, 1], [3], [2, 2]] * 3
 
 
-def test_train_sampler_follows_reference_sampling():
-  split = _toy_split(_GROUPS)
-  sampler = data.TrainSampler(split, 8, seed=0)
+def _visit_sequence(split, batches):
+  """The group visits a stream of batches shows: [(batch, group, taken)].
+
+  Within a batch, a run of rows of one puzzle is one visit, or several whole
+  ones when longer than the puzzle (the same puzzle drawn again across an
+  epoch seam); only a batch's last visit may be cut short.
+  """
   example_puzzle = np.repeat(np.arange(len(split.puzzle_identifiers)),
                              np.diff(split.puzzle_indices))
   puzzle_group = np.repeat(np.arange(split.num_groups),
                            np.diff(split.group_indices))
-  seen_groups = []
-  while sampler.epoch == 0:
-    batch = next(sampler)
-    if sampler.epoch:
-      break
+  sizes = np.diff(split.puzzle_indices)
+  visits = []
+  for b, batch in enumerate(batches):
+    ex = batch["inputs"][:, 0].astype(np.int64) - 1
+    puzzle = example_puzzle[ex]
+    row = 0
+    while row < len(puzzle):
+      p = puzzle[row]
+      taken = 1
+      while (row + taken < len(puzzle) and puzzle[row + taken] == p and
+             taken < sizes[p]):
+        taken += 1
+      assert taken == sizes[p] or row + taken == len(puzzle), (b, row)
+      assert len(set(ex[row:row + taken].tolist())) == taken  # No repeats.
+      visits.append((b, int(puzzle_group[p]), taken))
+      row += taken
+  return visits
+
+
+def _one_iteration(sampler):
+  i = sampler.iteration
+  batches = []
+  while sampler.iteration == i:
+    batches.append(next(sampler))
+  return batches
+
+
+def test_train_sampler_chains_epochs_and_drops_one_partial_batch():
+  split = _toy_split(_GROUPS)  # 24 groups, ~58 examples an epoch.
+  epochs, num_groups = 3, split.num_groups
+  sampler = data.TrainSampler(split, 8, seed=0, epochs_per_iteration=epochs)
+  example_puzzle = np.repeat(np.arange(len(split.puzzle_identifiers)),
+                             np.diff(split.puzzle_indices))
+  count = sampler.batches_in_iteration(0)
+  batches = _one_iteration(sampler)
+  assert len(batches) == count and sampler.iteration == 1
+  assert sampler.batch_in_iteration == 0 and sampler.epoch == epochs
+  for batch in batches:
     ex = batch["inputs"][:, 0].astype(np.int64) - 1
     assert batch["inputs"].dtype == np.int32 and batch["inputs"].shape == (8, 4)
-    assert len(set(ex.tolist())) == 8  # No example twice in a batch.
     np.testing.assert_array_equal(batch["puzzle_identifiers"],
                                   split.puzzle_identifiers[example_puzzle[ex]])
     # Label id 0 (ignore_label_id) became -100; others are untouched.
     assert np.all(batch["labels"][:, 0] == -100)
     np.testing.assert_array_equal(batch["labels"][:, 1], ex + 1)
-    groups = puzzle_group[example_puzzle[ex]]
-    # Consecutive runs: one puzzle per group, groups never repeat.
-    runs = [g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]]
-    assert len(runs) == len(set(runs))
-    seen_groups += runs
-  assert len(seen_groups) == len(set(seen_groups))  # One visit per epoch.
+  visits = _visit_sequence(split, batches)
+  groups = [g for _, g, _ in visits]
+  # Epoch after epoch, each a permutation of the groups, packed back to back:
+  # only the tail of the last epoch (less than a batch) is missing.
+  for e in range(epochs - 1):
+    assert sorted(groups[e * num_groups:(e + 1) * num_groups]) == list(
+        range(num_groups))
+  tail = groups[(epochs - 1) * num_groups:]
+  assert len(tail) == len(set(tail)) and len(tail) < num_groups
+  least = {g: min(np.diff(split.puzzle_indices)[lo:hi]) for g, (lo, hi) in
+           enumerate(zip(split.group_indices[:-1], split.group_indices[1:]))}
+  assert sum(least[g] for g in set(range(num_groups)) - set(tail)) < 8
+  # Some batch holds the end of one epoch and the start of the next.
+  seams = [visits[k * num_groups][0] for k in range(1, epochs)]
+  assert any(visits[k * num_groups - 1][0] == b for k, b in
+             zip(range(1, epochs), seams))
+  # Iteration 1 starts a fresh chain.
+  assert len(_one_iteration(sampler)) == sampler.batches_in_iteration(1)
+  assert sampler.epoch == 2 * epochs
+
+
+@pytest.mark.parametrize("sizes, batch", [
+    ([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7], 16),  # Walks the cumsums.
+    ([2] * 11, 7),  # Closed form: every visit adds 2 examples.
+])
+def test_batches_in_iteration_counts_every_full_batch(sizes, batch):
+  split = _toy_split([[s] for s in sizes])  # One puzzle per group.
+  epochs = 3
+  sampler = data.TrainSampler(split, batch, seed=4,
+                              epochs_per_iteration=epochs)
+  for i in range(4):
+    batches = _one_iteration(sampler)
+    assert len(batches) == sampler.batches_in_iteration(i) > 0
+    visits = _visit_sequence(split, batches)
+    assert all(len(b["inputs"]) == batch for b in batches)
+    # What was never visited in the last epoch is too little for a batch.
+    last = {g for _, g, _ in visits[(epochs - 1) * len(sizes):]}
+    assert sum(sizes[g] for g in set(range(len(sizes))) - last) < batch
+
+
+def test_iteration_batches_plans_the_paper_runs():
+  # Sudoku-Extreme-1k / Maze-Hard-1k: 1000 groups, batch 768, eval every
+  # 2000 of 20000 epochs: 10 iterations of 2604 updates.
+  per_iteration = sampler_lib.iteration_batches(1000, 2000, 768)
+  assert per_iteration == 2604 and 10 * per_iteration == 26040
+  assert sampler_lib.iteration_batches(1000, 1, 768) == 1
+  with pytest.raises(ValueError, match="epochs_per_iteration must be >= 1"):
+    sampler_lib.iteration_batches(1000, 0, 768)
+  split = _toy_split([[1, 1]] * 10)
+  sampler = data.TrainSampler(split, 6, seed=0, epochs_per_iteration=7)
+  assert sampler.batches_in_iteration(5) == sampler_lib.iteration_batches(
+      10, 7, 6) == 11
 
 
 def test_train_sampler_resumes_exactly():
@@ -187,25 +270,110 @@ def test_train_sampler_resumes_exactly():
     data.TrainSampler(split, 4, seed=7).set_state(state)
 
 
-def test_process_slices_concatenate_to_the_global_batch():
+def test_resume_is_exact_at_every_cut_across_epoch_and_iteration_seams():
   split = _toy_split(_GROUPS)
-  whole = data.TrainSampler(split, 8, seed=3)
+  make = lambda: data.TrainSampler(split, 8, seed=11, epochs_per_iteration=2)
+  probe = make()
+  total = probe.batches_in_iteration(0) + 6  # Into iteration 1.
+  stream, states, epochs = [], [], []
+  for _ in range(total):
+    states.append(json.loads(json.dumps(probe.get_state())))
+    epochs.append(probe.epoch)
+    stream.append(next(probe))
+  # Cuts where the next batch runs across the epoch seam, and the iteration
+  # seam itself, are among the cuts tested.
+  crossing = [k for k in range(total - 1) if epochs[k] < 1 < epochs[k + 1]]
+  assert crossing and states[crossing[0]]["iteration"] == 0
+  seam = probe.batches_in_iteration(0)
+  assert states[seam]["iteration"] == 1 and states[seam]["position"] == 0
+  for k in range(total):
+    resumed = make()
+    resumed.set_state(states[k])
+    assert resumed.epoch == epochs[k]
+    for want in stream[k:]:
+      got = next(resumed)
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+  assert all(isinstance(v, int) for v in states[-1].values())
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(seed=12), "seed"),
+    (dict(global_batch_size=16), "global_batch_size"),
+    (dict(epochs_per_iteration=3), "epochs_per_iteration"),
+    (dict(split=[[1]] * 24), "num_puzzles"),
+])
+def test_set_state_rejects_another_run(change, field):
+  split = _toy_split(_GROUPS)
+  saved = data.TrainSampler(split, 8, seed=11, epochs_per_iteration=2)
+  next(saved)
+  kw = dict(global_batch_size=8, seed=11, epochs_per_iteration=2)
+  kw.update({k: v for k, v in change.items() if k != "split"})
+  other = data.TrainSampler(_toy_split(change.get("split", _GROUPS)), **kw)
+  with pytest.raises(ValueError, match=f"{field}=.*resume with the {field}"):
+    other.set_state(saved.get_state())
+  old = {"seed": 11, "epoch": 0, "batch_in_epoch": 1, "group_cursor": 3,
+         "global_batch_size": 8, "num_groups": 24}
+  with pytest.raises(ValueError, match="lacks .*epochs_per_iteration"):
+    saved.set_state(old)
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_slices_concatenate_to_the_global_batch(process_count):
+  split = _toy_split(_GROUPS)
+  whole = data.TrainSampler(split, 8, seed=3, epochs_per_iteration=2)
   parts = [data.TrainSampler(split, 8, seed=3, process_index=i,
-                             process_count=2) for i in range(2)]
-  for _ in range(7):
+                             process_count=process_count,
+                             epochs_per_iteration=2)
+           for i in range(process_count)]
+  for _ in range(whole.batches_in_iteration(0) + 3):  # Across both seams.
     want = next(whole)
     got = [next(p) for p in parts]
-    assert got[0]["inputs"].shape == (4, 4)
+    assert got[0]["inputs"].shape == (8 // process_count, 4)
     for key in want:
       np.testing.assert_array_equal(np.concatenate([g[key] for g in got]),
                                     want[key])
+  assert all(p.get_state() == whole.get_state() for p in parts)
   with pytest.raises(ValueError, match="not divisible"):
     data.TrainSampler(split, 8, seed=3, process_index=0, process_count=3)
 
 
-def test_batch_larger_than_an_epoch_is_an_error():
-  with pytest.raises(data.DataError, match="larger than one epoch"):
-    data.TrainSampler(_toy_split([[1], [2]]), 8, seed=0)
+def test_dataset_smaller_than_a_batch_trains_across_epochs():
+  split = _toy_split([[1], [2]])  # 2 groups, 3 examples an epoch; batch 8.
+  with pytest.raises(data.DataError, match=(
+      r"global batch 8 is larger than one iteration can fill: 1 epoch\(s\) "
+      r"of 2 groups hold at most 3 examples")):
+    data.TrainSampler(split, 8, seed=0)
+  sampler = data.TrainSampler(split, 8, seed=0, epochs_per_iteration=8)
+  for i in range(3):
+    batches = _one_iteration(sampler)
+    assert len(batches) == sampler.batches_in_iteration(i) >= 2
+    for batch in batches:
+      ex = batch["inputs"][:, 0] - 1
+      assert batch["inputs"].shape == (8, 4) and set(ex.tolist()) <= {0, 1, 2}
+      # Batches span epochs: each group comes several times per batch.
+      assert (ex == 0).sum() >= 1 and ((ex == 1) | (ex == 2)).sum() >= 2
+
+
+def test_iterations_whose_draws_cannot_fill_a_batch_are_skipped():
+  # One epoch holds 2, 6 or 10 examples: only when both groups draw their
+  # 5-example puzzle (1 in 4) does the iteration hold a batch of 8.
+  split = _toy_split([[1, 5], [5, 1]])
+  sampler = data.TrainSampler(split, 8, seed=1)
+  counts = [sampler.batches_in_iteration(i) for i in range(40)]
+  assert set(counts) == {0, 1} and 4 < sum(counts) < 20
+  full = [i for i, c in enumerate(counts) if c]
+  for i in full[:5]:
+    next(sampler)  # Skips the empty iterations before i.
+    assert sampler.iteration == i + 1 and sampler.epoch == i + 1
+  state = sampler.get_state()
+  resumed = data.TrainSampler(split, 8, seed=1)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["inputs"],
+                                next(sampler)["inputs"])
+  assert sampler.iteration == full[5] + 1
+  with pytest.raises(data.DataError, match="at most 10 examples"):
+    data.TrainSampler(split, 11, seed=1)
 
 
 def test_eval_batches_cover_everything_and_pad():

@@ -178,3 +178,38 @@ def test_csv_missing_file_and_bad_header(tmp_path):
   _write_csv(tmp_path / "bad.csv", [], header="puzzle,solution")
   with pytest.raises(data.DataError, match="columns 'q' and 'a'"):
     sudoku._read_csv(str(tmp_path / "bad.csv"), 9, 0, 0, 0, "t")
+
+
+def _plan_boards(plan, split):
+  groups = list(plan.make_groups(split))
+  return [sudoku.decode(g.inputs[0]).reshape(-1) for g in groups]
+
+
+def test_min_rating_filters_the_csv_test_split_too(tmp_path):
+  # The reference's --min-difficulty drops easy rows of test.csv as well.
+  train_rows, test_rows = _csv_rows(4, 2), _csv_rows(8, 3)
+  _write_csv(tmp_path / "train.csv", train_rows)
+  _write_csv(tmp_path / "test.csv", test_rows)
+  ratings = sorted(int(r[3]) for r in test_rows)
+  threshold = ratings[len(ratings) // 2]
+  assert ratings[0] < threshold  # Some test rows must go.
+  cfg = data.default_config("sudoku")
+  cfg.update(source=f"csv:{tmp_path}", train_size=0, num_aug=0,
+             min_rating=threshold)
+  plan = sudoku.plan(cfg, progress=lambda m: None)
+  want = [r[1].replace(".", "0") for r in test_rows if int(r[3]) >= threshold]
+  got = ["".join(map(str, b)) for b in _plan_boards(plan, "test")]
+  assert got == want and plan.num_groups["test"] == len(want)
+  kept_train = [r for r in train_rows if int(r[3]) >= threshold]
+  assert plan.num_groups["train"] == len(kept_train)
+
+
+def test_generated_test_puzzles_obey_min_rating():
+  cfg = data.default_config("sudoku")
+  cfg.update(source="generate", train_size=1, test_size=2, num_aug=0,
+             min_rating=3, num_workers=1)
+  plan = sudoku.plan(cfg, progress=lambda m: None)
+  boards = _plan_boards(plan, "test")
+  assert len(boards) == 2
+  for board in boards:
+    assert solver.rating(board.reshape(9, 9).astype(np.int8)) >= 3

@@ -12,8 +12,9 @@ puzzle identifiers); every other task sends all pairs to train.
 
 Augmentation (per task, seeded by (seed, task id) so it does not depend on
 task order): up to 5*num_aug trials of (dihedral t in 0..7, colour
-permutation fixing 0), duplicates rejected by a SHA-256 over all grids, at
-most num_aug accepted. Variant name "<task>_t<t>_<10-digit colour map>", where
+permutation fixing 0), duplicates rejected by a SHA-256 over the sorted pair
+hashes (order-invariant, as the reference's), at most num_aug accepted.
+Variant name "<task>_t<t>_<10-digit colour map>", where
 digit c of the map is the new colour of old colour c. Every variant, and the
 original (named "<task>"), gets its own identifier (0 = "<blank>").
 Translation (train split only): per puzzle one random example stays at (0,0),
@@ -271,26 +272,38 @@ def invert_grid(grid: np.ndarray, t: int, colour_map: np.ndarray):
   return np.argsort(colour_map)[dihedral.inverse(grid, t)].astype(np.int8)
 
 
-def _task_hash(grids: list[np.ndarray]) -> bytes:
-  h = hashlib.sha256()
-  for g in grids:
-    h.update(np.asarray(g.shape, np.int32).tobytes())
-    h.update(np.ascontiguousarray(g, np.int8).tobytes())
+def _grid_digest(grid: np.ndarray) -> bytes:
+  h = hashlib.sha256(np.asarray(grid.shape, np.int32).tobytes())
+  h.update(np.ascontiguousarray(grid, np.int8).tobytes())
   return h.digest()
+
+
+def _task_hash(pairs: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+  """SHA-256 of a task's (input, output) pairs as a multiset.
+
+  As the reference's `puzzle_hash`: each pair is hashed on its own, the pair
+  hashes are sorted and hashed together, so the order of the pairs (and
+  whether a pair is a demonstration or a test pair) does not matter. An
+  augmentation that only maps the task's pairs onto each other is therefore
+  a duplicate of the original.
+  """
+  digests = sorted(_grid_digest(x) + _grid_digest(y) for x, y in pairs)
+  return hashlib.sha256(b"".join(digests)).digest()
 
 
 def choose_augmentations(task: Task, num_aug: int, seed: int):
   """Accepted (t, colour_map) pairs; the identity comes first."""
-  grids = [g for pair in task.train + task.test for g in pair]
+  pairs = task.train + task.test
   identity = (0, np.arange(10))
-  chosen, seen = [identity], {_task_hash(grids)}
+  chosen, seen = [identity], {_task_hash(pairs)}
   rng = seeding.rng(seed, "arc-aug", task.task_id)
   for _ in range(RETRIES_FACTOR * num_aug):
     if len(chosen) > num_aug:
       break
     t = int(rng.integers(dihedral.NUM_TRANSFORMS))
     colour_map = np.concatenate([[0], rng.permutation(9) + 1])
-    digest = _task_hash([augment_grid(g, t, colour_map) for g in grids])
+    digest = _task_hash([(augment_grid(x, t, colour_map),
+                          augment_grid(y, t, colour_map)) for x, y in pairs])
     if digest not in seen:
       seen.add(digest)
       chosen.append((t, colour_map))

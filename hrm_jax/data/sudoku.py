@@ -9,8 +9,8 @@ Sources (config `source`):
   * "csv:<dir>": `train.csv`/`test.csv` of `sapientinc/sudoku-extreme`
     (`source,q,a,rating`, "." blank); `train_size` rows drawn with a seeded
     choice (the reference's is unseeded), optionally only rows with
-    rating >= `min_rating`; the test split is the whole test.csv unless
-    `test_size` > 0.
+    rating >= `min_rating` (in both splits, as the reference); the test
+    split is all such rows of test.csv unless `test_size` > 0.
   * "hf:<repo_id>": the same files fetched with `huggingface_hub`.
   * "generate": puzzles from `sudoku_solver` (unique solutions), 9x9 rated by
     the fixed solver and kept when rating >= `min_rating`, or smaller boards
@@ -371,7 +371,10 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
     train = _read_csv(paths["train"], n, cfg.train_size, min_rating,
                       cfg.seed, "train")
     progress(f"reading {paths['test']}")
-    test = _read_csv(paths["test"], n, test_size, 0, cfg.seed, "test")
+    # min_rating filters the test split too, as the reference's
+    # --min-difficulty does (its subsample applies to train only).
+    test = _read_csv(paths["test"], n, test_size, min_rating, cfg.seed,
+                     "test")
   elif source == "generate":
     gen = functools.partial(generate, n, seed=cfg.seed,
                             num_blanks=cfg.num_blanks,
