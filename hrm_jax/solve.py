@@ -269,7 +269,9 @@ def solve_arc(loaded: inference.Loaded, task: arc_data.Task, has_output: list[bo
   votes = arc_eval.Votes()
   for (k, (_, t, cmap)), pred, q in zip(jobs, out["predictions"], out["q_halt_confidence"]):
     grid = arc_data.crop(pred)
-    if grid.size:  # no answer casts no vote (as the ARC evaluator)
+    # An answer that crops to an empty grid is never right: `solve` lets it cast no
+    # vote (the evaluator counts it by default, as the reference notebook).
+    if grid.size:
       votes.add(k, arc_data.invert_grid(grid, t, cmap), q)
   tests = []
   for k, (_, truth) in enumerate(task.test):

@@ -21,7 +21,7 @@ import hashlib
 import importlib
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -40,21 +40,74 @@ class TrainResult:
   step: int
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, metadata) -> float:
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """How long a run is and when it evaluates; the one place epochs become steps.
+
+  Attributes:
+    total_steps: optimizer updates the run makes.
+    schedule_steps: length of the LR schedules. Epoch-based runs use the
+      reference's `int(epochs * examples_per_epoch / global_batch)`, which can
+      exceed the updates made (Sudoku-1k: 26,041 vs 26,040) exactly as there.
+    eval_steps: the steps after which the run evaluates (sorted, distinct; the
+      last is total_steps).
+    epochs_per_iteration: the sampler's iteration length in epochs.
+  """
+  total_steps: int
+  schedule_steps: int
+  eval_steps: tuple[int, ...]
+  epochs_per_iteration: int
+
+
+def examples_per_epoch(metadata) -> float:
   """Reference: one epoch = total_groups * mean_puzzle_examples examples."""
-  return metadata.total_groups * metadata.mean_puzzle_examples / config.batch_size
+  return metadata.total_groups * metadata.mean_puzzle_examples
 
 
-def resolve_schedule(config: ml_collections.ConfigDict, metadata) -> tuple[int, int]:
-  """(total_steps, eval_every_steps); the one place epochs become steps."""
-  per_epoch = steps_per_epoch(config, metadata)
-  total = config.total_steps if config.total_steps > 0 else int(config.epochs * per_epoch)
-  every = (config.eval.every_steps if config.eval.every_steps > 0
-           else int(config.eval.every_epochs * per_epoch))
-  if total < 1:
-    raise ValueError(f"The run has {total} steps: raise config.epochs or set "
-                     "config.total_steps.")
-  return total, max(1, min(every, total))
+def plan_run(config: ml_collections.ConfigDict, metadata,
+             batches_in_iteration: Callable[[int, int], int]) -> RunPlan:
+  """The run's length and evaluation points (see `RunPlan`).
+
+  Epoch-based runs (`config.total_steps <= 0`) are planned as the reference
+  plans them: `epochs / eval.every_epochs` iterations of `eval.every_epochs`
+  epochs each, an evaluation after every iteration, and as many updates as the
+  iterations hold (each drops only its last partial batch). Step-based runs
+  (`config.total_steps > 0`, the CPU recipes) make exactly that many updates,
+  evaluate every `eval.every_steps` and after the last step, and stream in
+  iterations of about one evaluation interval.
+
+  Args:
+    config: the run config.
+    metadata: the train split's DatasetMetadata.
+    batches_in_iteration: `(iteration, epochs_per_iteration) -> batches`, the
+      sampler's exact count.
+  """
+  B = config.batch_size
+  per_epoch = examples_per_epoch(metadata)
+  if config.total_steps > 0:
+    total = int(config.total_steps)
+    every = (config.eval.every_steps if config.eval.every_steps > 0
+             else int(config.eval.every_epochs * per_epoch / B))
+    every = max(1, min(every, total))
+    evals = sorted(set(range(every, total + 1, every)) | {total})
+    epochs_per_iteration = max(1, -(-every * B // max(1, int(per_epoch))))
+    return RunPlan(total, total, tuple(evals), epochs_per_iteration)
+  epochs, interval = int(config.epochs), int(config.eval.every_epochs)
+  if interval < 1 or epochs < interval or epochs % interval:
+    raise ValueError(f"config.epochs={epochs} must be a multiple of "
+                     f"config.eval.every_epochs={interval} (the reference's eval_interval), "
+                     "or set config.total_steps and config.eval.every_steps.")
+  boundaries = np.cumsum([batches_in_iteration(i, interval)
+                          for i in range(epochs // interval)]).tolist()
+  if boundaries[-1] < 1:
+    raise ValueError(f"The run has no updates: {epochs} epochs of {per_epoch:g} examples "
+                     f"do not fill one batch of {B}.")
+  evals = tuple(sorted(set(b for b in boundaries if b > 0)))
+  if config.eval.every_steps > 0:
+    evals = tuple(sorted(set(range(config.eval.every_steps, boundaries[-1] + 1,
+                                   config.eval.every_steps)) | {boundaries[-1]}))
+  return RunPlan(int(boundaries[-1]), max(1, int(epochs * per_epoch / B)), evals,
+                 interval)
 
 
 def load_evaluator(eval_cfg, split, workdir):
@@ -85,6 +138,19 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh) -> dict[str, floa
           sharding.to_host(host_batch["puzzle_identifiers"]))
     evaluator.add(jax.device_get(metric_sums), rows)
   return evaluator.result()
+
+
+def _plan(config, train_split) -> RunPlan:
+  counts = {}
+
+  def batches_in_iteration(iteration: int, epochs_per_iteration: int) -> int:
+    if epochs_per_iteration not in counts:  # one sampler per iteration length
+      counts[epochs_per_iteration] = data.TrainSampler(
+          train_split, config.batch_size, config.seed,
+          epochs_per_iteration=epochs_per_iteration)
+    return counts[epochs_per_iteration].batches_in_iteration(iteration)
+
+  return plan_run(config, train_split.metadata, batches_in_iteration)
 
 
 def _host_array(sharding_, value: np.ndarray) -> jax.Array:
@@ -168,14 +234,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_split = data.load(config.data, "train")
   test_split = data.load(config.data, "test")
   metadata = train_split.metadata
-  total_steps, eval_every = resolve_schedule(config, metadata)
+  plan = _plan(config, train_split)
+  total_steps, eval_steps = plan.total_steps, set(plan.eval_steps)
   sampler = data.TrainSampler(train_split, config.batch_size, config.seed,
-                              jax.process_index(), jax.process_count())
+                              jax.process_index(), jax.process_count(),
+                              epochs_per_iteration=plan.epochs_per_iteration)
 
   # ---- Model, optimizer and the compiled step.
   model_cfg = models.make_config(config.model, metadata)
-  program = steps.build_train_step(model_cfg, config.opt, total_steps, config.batch_size,
-                                   mesh, ema_rate=config.get("ema_rate", 0.0))
+  program = steps.build_train_step(model_cfg, config.opt, plan.schedule_steps,
+                                   config.batch_size, mesh,
+                                   ema_rate=config.get("ema_rate", 0.0))
   init_rng, loop_rng = jax.random.split(jax.random.key(config.seed))
   state = program.init_state(init_rng)
   carry = program.init_carry()
@@ -211,11 +280,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   stop_flag = preemption.install()
   num_params = models.count_params(state.params)
   logging.info("%s: %s parameters (+ puzzle embedding %s); %d processes, %d devices, "
-               "mesh %s; global batch %d (%d per process); %d steps, eval every %d.",
-               model_cfg.ARCH.upper(), f"{num_params:,}", state.puzzle_emb.shape,
-               jax.process_count(), jax.device_count(), dict(mesh.shape),
-               config.batch_size, config.batch_size // jax.process_count(), total_steps,
-               eval_every)
+               "mesh %s; global batch %d (%d per process); %d steps, %d evaluations "
+               "(first at step %d).", model_cfg.ARCH.upper(), f"{num_params:,}",
+               state.puzzle_emb.shape, jax.process_count(), jax.device_count(),
+               dict(mesh.shape), config.batch_size, config.batch_size // jax.process_count(),
+               total_steps, len(eval_steps), min(eval_steps))
   if step == 0:
     writer.write_scalars(0, {"num_params": num_params, "total_steps": total_steps})
 
@@ -253,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           progress.report(step, scalars)  # logs the progress line
         sums = metrics.Sums()
 
-      if step % eval_every == 0 or is_last:
+      if step in eval_steps:
         t0 = time.perf_counter()
         last_eval = evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
                              config, mesh)

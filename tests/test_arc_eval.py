@@ -132,11 +132,20 @@ def test_a_task_needs_every_test_input_right():
   # absent at any K, although its other test inputs (if any) are right.
   for k in arc_eval.PASS_AT:
     assert r[f"pass@{k}"] == pytest.approx(2 / 3)
+  # TRM's rule credits the victim's other test inputs.
+  n = len(voter._truth[victim])  # pylint: disable=protected-access
+  per_input = voter.finalize("per_input")
+  for k in arc_eval.PASS_AT:
+    assert r[f"per_input_pass@{k}"] == pytest.approx((2 + (n - 1) / n) / 3)
+    assert per_input[f"pass@{k}"] == r[f"per_input_pass@{k}"]
+    assert per_input[f"all_inputs_pass@{k}"] == r[f"pass@{k}"]
+  with pytest.raises(ValueError, match="arc_scoring"):
+    voter.finalize("best_of")
 
 
-def test_empty_predictions_cast_no_vote():
+def test_empty_predictions_cast_no_vote_when_skipped():
   split = _test_split()
-  voter = arc_eval.ArcVoter(split)
+  voter = arc_eval.ArcVoter(split, empty_grids="skip")
   zeros = np.zeros_like(split.labels)
   for ids, idx, pred, qq, _ in _batches(split, zeros,
                                         np.zeros(split.num_examples)):
@@ -145,3 +154,25 @@ def test_empty_predictions_cast_no_vote():
   assert r["num_votes"] == 0 and r["pass@1000"] == 0.0
   sub = voter.submission()
   assert all(a["attempt_1"] == [[0]] for v in sub.values() for a in v)
+
+
+def test_empty_predictions_are_candidates_by_default_as_the_notebook():
+  """The reference notebook keeps a prediction that crops to an empty grid as a
+  candidate: when most views answer nothing, it takes the first slot."""
+  split = _test_split(num_aug=5)
+  example_puzzle = np.repeat(np.arange(len(split.puzzle_identifiers)),
+                             np.diff(split.puzzle_indices))
+  variant = example_puzzle - split.group_indices[
+      np.searchsorted(split.group_indices, example_puzzle, "right") - 1]
+  preds = split.labels.copy()
+  preds[np.isin(variant, [0, 1, 2, 3])] = 0  # 4 of 6 views answer nothing
+  results = {}
+  for rule in ("vote", "skip"):
+    voter = arc_eval.ArcVoter(split, empty_grids=rule)
+    for ids, idx, pred, qq, _ in _batches(split, preds, np.zeros(split.num_examples)):
+      voter.add(ids, idx, pred, qq)
+    results[rule] = voter.finalize()
+  assert results["vote"]["pass@1"] == 0.0 and results["vote"]["pass@2"] == 1.0
+  assert results["skip"]["pass@1"] == 1.0
+  sub = voter.submission()
+  assert all(a["attempt_1"] != [] for v in sub.values() for a in v)

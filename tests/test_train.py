@@ -101,3 +101,40 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
   saved = checkpoint.Checkpointer(tmp_path, every_steps=100000).latest_step()
   assert saved is not None and saved >= 1
   assert b"SIGTERM" in out
+
+
+@pytest.mark.parametrize("name", ["sudoku", "maze"])
+def test_run_plan_of_the_paper_configs(name):
+  """Sudoku-Extreme-1k / Maze-Hard-1k from the config alone (no data, no training):
+  the reference's 10 iterations of 2000 epochs x 1000 groups at batch 768 make
+  10 x 2604 = 26,040 updates, one evaluation after each iteration (never two at
+  the same step), and an LR schedule of int(20000 * 1000 / 768) = 26,041 steps."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from hrm_jax import data  # pylint: disable=import-outside-toplevel
+  from hrm_jax.data import sampler  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f"experiments.{name}").get_config()
+  metadata = data.DatasetMetadata(
+      vocab_size=11, seq_len=81, num_puzzle_identifiers=1, pad_id=0, ignore_label_id=0,
+      blank_identifier_id=0, total_groups=1000, mean_puzzle_examples=1.0)
+  plan = train.plan_run(config, metadata, lambda i, epochs: sampler.iteration_batches(
+      1000, epochs, config.batch_size))
+  assert plan.total_steps == 26_040 and plan.schedule_steps == 26_041
+  assert plan.eval_steps == tuple(2604 * k for k in range(1, 11))
+  assert plan.epochs_per_iteration == 2000
+
+
+def test_run_plan_of_step_based_runs():
+  from experiments import sudoku  # pylint: disable=import-outside-toplevel
+  config = sudoku.get_config("cpu")
+  metadata = train.data.DatasetMetadata(
+      vocab_size=8, seq_len=36, num_puzzle_identifiers=1, pad_id=0, ignore_label_id=0,
+      blank_identifier_id=0, total_groups=20_000, mean_puzzle_examples=1.0)
+  plan = train.plan_run(config, metadata, None)
+  assert plan.total_steps == plan.schedule_steps == 1600
+  assert plan.eval_steps == (400, 800, 1200, 1600)
+  config.total_steps, config.eval.every_steps = 10, 4
+  assert train.plan_run(config, metadata, None).eval_steps == (4, 8, 10)
+  config.total_steps, config.eval.every_steps = -1, -1
+  config.epochs, config.eval.every_epochs = 1000, 300
+  with pytest.raises(ValueError, match="multiple of config.eval.every_epochs"):
+    train.plan_run(config, metadata, None)

@@ -28,7 +28,7 @@ from hrm_jax.data import families
 
 # Bump when the builders' output changes for the same config, so that old
 # builds are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: order-invariant ARC dedup, min_rating on CSV test rows
 _NOT_HASHED = ("data_dir", "num_workers")
 
 

@@ -52,13 +52,6 @@ from hrm_jax.data import seeding
 from hrm_jax.data.errors import DataError
 
 
-def _convert_labels(labels: np.ndarray, ignore_label_id) -> np.ndarray:
-  labels = labels.astype(np.int32)
-  if ignore_label_id is not None:
-    labels[labels == ignore_label_id] = puzzles.IGNORE_LABEL_ID
-  return labels
-
-
 def _local_rows(global_batch_size: int, process_index: int,
                 process_count: int) -> slice:
   if global_batch_size % process_count:
@@ -322,7 +315,7 @@ class TrainSampler:
     split = self._split
     return {
         "inputs": split.inputs[examples].astype(np.int32),
-        "labels": _convert_labels(split.labels[examples],
+        "labels": puzzles.loss_labels(split.labels[examples],
                                   split.metadata.ignore_label_id),
         "puzzle_identifiers": split.puzzle_identifiers[puzzle].astype(
             np.int32),
@@ -348,7 +341,7 @@ def eval_batches(split: puzzles.PuzzleSplit, global_batch_size: int,
     safe = np.where(valid, index, 0)
     inputs = split.inputs[safe].astype(np.int32)
     inputs[~valid] = pad
-    labels = _convert_labels(split.labels[safe],
+    labels = puzzles.loss_labels(split.labels[safe],
                              split.metadata.ignore_label_id)
     labels[~valid] = puzzles.IGNORE_LABEL_ID
     ids = np.where(valid, example_ids[safe],

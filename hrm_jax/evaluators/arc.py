@@ -4,10 +4,20 @@ Reference `arc_eval.ipynb` (spec §6.2): every test row's argmax prediction is
 cropped at the EOS border (largest top-left all-colour rectangle), mapped
 back through the inverse dihedral transform and the inverse colour map of its
 variant, and counted as one vote for that grid for its (task, test input).
-Candidates rank by vote count, ties by mean sigmoid(q_halt). A task scores at
-K only if *every* one of its test inputs has the true output in the top K.
-Deviation: predictions that crop to an empty grid cast no vote (they can
-never be right, and would otherwise take a submission slot).
+Candidates rank by vote count, ties by mean sigmoid(q_halt).
+
+Two scores, both reported (`config.eval.arc_scoring` picks which one is
+`arc/pass@K`):
+  * "all_inputs" (HRM's notebook, the default): a task scores at K only if
+    *every* one of its test inputs has the true output in the top K
+    (`arc/all_inputs_pass@K`);
+  * "per_input" (TRM's `evaluators/arc.py`): a task scores the fraction of its
+    test inputs solved at K, averaged over tasks (`arc/per_input_pass@K`).
+Empty answers: the notebook counts a prediction that crops to an empty grid as
+a candidate like any other (it can take a top-K slot); that is the default
+(`config.eval.empty_grids="vote"`), so `arc/pass@2` is comparable with
+published numbers. `"skip"` lets them cast no vote (an empty grid is never
+right, so this can only help): an option, reported under the same names.
 
 `Votes` is the vote core (also used by `solve`); `ArcVoter` adds the split's
 ground truth and pass@K (`config.eval.pass_ks`); `Evaluator` adapts it to the
@@ -64,9 +74,14 @@ class Votes:
 class ArcVoter:
   """Votes over the augmented variants of an ARC test split."""
 
-  def __init__(self, split_info: puzzles.PuzzleSplit, pass_ks=PASS_AT):
+  def __init__(self, split_info: puzzles.PuzzleSplit, pass_ks=PASS_AT,
+               empty_grids: str = "vote"):
     split = split_info
+    if empty_grids not in ("vote", "skip"):
+      raise ValueError(f"config.eval.empty_grids={empty_grids!r}: use 'vote' (the "
+                       "reference notebook) or 'skip'.")
     self._pass_ks = tuple(int(k) for k in pass_ks)
+    self._skip_empty = empty_grids == "skip"
     names = [arc_data.parse_name(n) for n in split.identifiers]
     self._names = names
     sizes = np.diff(split.puzzle_indices)
@@ -99,7 +114,7 @@ class ArcVoter:
         continue
       task, t, cmap = self._names[pid]
       grid = arc_data.crop(preds[i])
-      if grid.size == 0:
+      if grid.size == 0 and self._skip_empty:
         continue
       self._votes.add((task, int(self._example_k[examples[i]])),
                       arc_data.invert_grid(grid, t, cmap), conf[i])
@@ -108,19 +123,28 @@ class ArcVoter:
     """Candidate grids for test input k of task, best first."""
     return [grid for grid, _, _ in self._votes.ranked((task, k))]
 
-  def finalize(self) -> dict[str, float]:
-    """pass@K over all tasks with ground truth (fraction in [0, 1])."""
-    passed = {k: 0 for k in self._pass_ks}
+  def finalize(self, scoring: str = "all_inputs") -> dict[str, float]:
+    """pass@K over all tasks with ground truth (fractions in [0, 1]) under both
+    rules, and `pass@K` under `scoring` (see the module docstring)."""
+    if scoring not in ("all_inputs", "per_input"):
+      raise ValueError(f"config.eval.arc_scoring={scoring!r}: use 'all_inputs' (HRM) "
+                       "or 'per_input' (TRM).")
+    all_inputs = {k: 0.0 for k in self._pass_ks}
+    per_input = {k: 0.0 for k in self._pass_ks}
     for task, truths in self._truth.items():
-      worst = 0  # Worst rank of a true answer over the task's test inputs.
+      ranks = []  # rank of the true answer for each test input (inf: absent)
       for k, truth in truths.items():
         keys = [grid_key(g) for g in self.ranked(task, k)]
-        rank = keys.index(grid_key(truth)) if grid_key(truth) in keys else np.inf
-        worst = max(worst, rank)
+        ranks.append(keys.index(grid_key(truth)) if grid_key(truth) in keys else np.inf)
       for at in self._pass_ks:
-        passed[at] += worst < at
+        all_inputs[at] += max(ranks) < at
+        per_input[at] += float(np.mean([r < at for r in ranks]))
     num = max(1, len(self._truth))
-    out = {f"pass@{at}": passed[at] / num for at in self._pass_ks}
+    out = {}
+    for at in self._pass_ks:
+      out[f"all_inputs_pass@{at}"] = all_inputs[at] / num
+      out[f"per_input_pass@{at}"] = per_input[at] / num
+      out[f"pass@{at}"] = out[f"{scoring}_pass@{at}"]
     out["num_tasks"] = float(len(self._truth))
     out["num_votes"] = float(self._votes.num_votes)
     return out
@@ -131,7 +155,9 @@ class ArcVoter:
     for task in sorted(self._truth):
       attempts = []
       for k in sorted(self._truth[task]):
-        ranked = [g.tolist() for g in self.ranked(task, k)[:2]] or [[[0]]]
+        # Kaggle needs a non-empty grid per attempt: empty answers become [[0]].
+        ranked = [g.tolist() if g.size else [[0]] for g in self.ranked(task, k)[:2]]
+        ranked = ranked or [[[0]]]
         attempts.append({"attempt_1": ranked[0],
                          "attempt_2": ranked[1 if len(ranked) > 1 else 0]})
       out[task] = attempts
@@ -154,13 +180,15 @@ class Evaluator:
   def __init__(self, split, eval_cfg, workdir):
     self._split = split
     self._workdir = workdir
-    self._pass_ks = tuple(eval_cfg.get("pass_ks", PASS_AT))
+    self._options = dict(pass_ks=tuple(eval_cfg.get("pass_ks", PASS_AT)),
+                         empty_grids=eval_cfg.get("empty_grids", "vote"))
+    self._scoring = eval_cfg.get("arc_scoring", "all_inputs")
     self._metrics = exact_match.Evaluator(split, eval_cfg, workdir)
-    self._voter = ArcVoter(split, self._pass_ks)
+    self._voter = ArcVoter(split, **self._options)
 
   def reset(self) -> None:
     self._metrics.reset()
-    self._voter = ArcVoter(self._split, self._pass_ks)
+    self._voter = ArcVoter(self._split, **self._options)
 
   def add(self, metric_sums, rows) -> None:
     self._metrics.add(metric_sums, None)
@@ -169,7 +197,7 @@ class Evaluator:
 
   def result(self) -> dict[str, float]:
     out = dict(self._metrics.result())
-    out.update({f"arc/{k}": v for k, v in self._voter.finalize().items()})
+    out.update({f"arc/{k}": v for k, v in self._voter.finalize(self._scoring).items()})
     if self._workdir is not None:
       import jax  # pylint: disable=g-import-not-at-top
       if jax.process_index() == 0:
