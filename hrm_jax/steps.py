@@ -36,7 +36,8 @@ def train_step(state: state_lib.TrainState, carry: act.ACTCarry, batch: dict[str
                global_batch_size: int, ema_rate: float = 0.0):
   """One optimizer update on one ACT segment. See the module docstring."""
   rng = jax.random.fold_in(rng, state.step)
-  carry = act.reset_halted(carry, batch, state.buffers["H_init"], state.buffers["L_init"])
+  carry = act.reset_halted(carry, batch, *act.initial_states(
+      model, {"params": state.params, "buffers": state.buffers}))
   ids_B = carry.puzzle_identifiers_B
   rows_BxE = state.puzzle_emb[ids_B]
 
