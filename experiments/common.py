@@ -89,14 +89,31 @@ def small_sample_paper_settings(c: ml_collections.ConfigDict) -> None:
   c.opt.puzzle_emb_weight_decay = 1.0
 
 
+def trm_paper_settings(c: ml_collections.ConfigDict, L_cycles: int,
+                       mlp_t: bool = False) -> None:
+  """The TRM family with the README's settings common to every TRM run (spec §5):
+  hidden 512, 8 heads, 2 layers, T = H_cycles 3, n = `L_cycles`, N_sup 16, 16
+  prefix tokens, bf16; EMA 0.999. `mlp_t`: the token-mixing MLP with no positions
+  (Sudoku-MLP); otherwise attention with RoPE."""
+  c.model = ml_collections.ConfigDict(models.default_fields("trm"))
+  c.model.L_cycles = L_cycles
+  c.model.mlp_t = mlp_t
+  c.model.pos_encodings = "none" if mlp_t else "rope"
+  c.ema_rate = 0.999
+
+
 def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 2,
                    layers: int = 1, dtype: str = "float32") -> None:
-  """A tiny HRM (float32 unless told: `cpu_recipe` asks for bfloat16, faster there)."""
+  """A tiny model of the config's family (float32 unless told: `cpu_recipe` asks
+  for bfloat16, faster there)."""
   c.model.hidden_size = hidden
   c.model.num_heads = heads
   c.model.puzzle_emb_ndim = hidden
-  c.model.H_layers = layers
-  c.model.L_layers = layers
+  for field in ("H_layers", "L_layers"):  # the layer counts this family has
+    if field in c.model and c.model[field] > 0:
+      c.model[field] = layers
+  if "puzzle_emb_len" in c.model:  # TRM: one prefix token for a small model
+    c.model.puzzle_emb_len = 1
   c.model.forward_dtype = dtype
   c.mesh = "data:-1,fsdp:1"
 
@@ -128,11 +145,23 @@ def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) 
   c.log_every_steps = 50
 
 
+def trm_cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) -> None:
+  """A tiny TRM for 2 cores: `cpu_recipe`'s optimiser and batch, T = 2 cycles of
+  n = 2 latent updates (6 network calls a segment, 3 differentiated), one prefix
+  token, EMA 0.99 (0.999 averages over more steps than the run has)."""
+  cpu_recipe(c, total_steps, eval_every)
+  c.model.H_cycles = 2
+  c.model.L_cycles = 2
+  c.ema_rate = 0.99
+
+
 def smoke(c: ml_collections.ConfigDict) -> None:
   """Seconds-long runs for tests: a few steps of a minute model on tiny data."""
   shrink_for_cpu(c, hidden=32, heads=2, layers=1)
-  c.model.H_cycles = 1
-  c.model.L_cycles = 2
+  if "H_cycles" in c.model:  # TRM: 2, so that one cycle runs without gradient
+    c.model.H_cycles = 2 if c.model.arch == "trm" else 1
+  if "L_cycles" in c.model:
+    c.model.L_cycles = 2
   c.model.halt_max_steps = 2
   c.batch_size = 16
   c.total_steps = 4

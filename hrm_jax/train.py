@@ -59,6 +59,11 @@ class RunPlan:
   epochs_per_iteration: int
 
 
+# Step-based runs: an iteration (whose last partial batch is dropped) holds at
+# least this many batches, so at most ~1% of the examples are skipped.
+MIN_BATCHES_PER_ITERATION = 100
+
+
 def examples_per_epoch(metadata) -> float:
   """Reference: one epoch = total_groups * mean_puzzle_examples examples."""
   return metadata.total_groups * metadata.mean_puzzle_examples
@@ -74,7 +79,9 @@ def plan_run(config: ml_collections.ConfigDict, metadata,
   iterations hold (each drops only its last partial batch). Step-based runs
   (`config.total_steps > 0`, the CPU recipes) make exactly that many updates,
   evaluate every `eval.every_steps` and after the last step, and stream in
-  iterations of about one evaluation interval.
+  iterations of the fewest epochs that hold `MIN_BATCHES_PER_ITERATION`
+  batches: a function of the data and the batch only, so a run resumed with a
+  longer `total_steps` or another evaluation interval continues the same stream.
 
   Args:
     config: the run config.
@@ -90,7 +97,7 @@ def plan_run(config: ml_collections.ConfigDict, metadata,
              else int(config.eval.every_epochs * per_epoch / B))
     every = max(1, min(every, total))
     evals = sorted(set(range(every, total + 1, every)) | {total})
-    epochs_per_iteration = max(1, -(-every * B // max(1, int(per_epoch))))
+    epochs_per_iteration = max(1, -(-MIN_BATCHES_PER_ITERATION * B // max(1, int(per_epoch))))
     return RunPlan(total, total, tuple(evals), epochs_per_iteration)
   epochs, interval = int(config.epochs), int(config.eval.every_epochs)
   if interval < 1 or epochs < interval or epochs % interval:
