@@ -15,8 +15,12 @@ CPU: a handful of real ARC-AGI-1 tasks end to end (augment, train, vote, pass@k)
 from experiments import common
 
 
+# Variant tokens of --config=experiments/arc.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("arc2", "cpu", "smoke")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("arc2", "cpu", "smoke"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("arc")
   c.eval.type = "arc"  # Invert augmentations, vote, pass@k, submission.json.
   c.eval.pass_ks = (1, 2, 5, 10, 100, 1000)  # Reported as arc/pass@K.

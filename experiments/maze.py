@@ -15,8 +15,12 @@ after 2000 steps (10 minutes, data and compilation included), 99% at 3000 (15 mi
 from experiments import common
 
 
+# Variant tokens of --config=experiments/maze.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("cpu", "smoke")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("cpu", "smoke"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("maze")
   common.small_sample_paper_settings(c)
 

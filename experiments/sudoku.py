@@ -14,8 +14,12 @@ held-out puzzles:
 from experiments import common
 
 
+# Variant tokens of --config=experiments/sudoku.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("cpu", "smoke")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("cpu", "smoke"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("sudoku")
   common.small_sample_paper_settings(c)
   c.eval.max_batches = -1  # the full test set, as the paper
