@@ -189,6 +189,7 @@ def trained(env):
   proc = env.run([*env.smoke, f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Finished 4/4 steps" in proc.stderr
+  env.first_run = proc  # its console is checked by test_console_of_a_first_run
   return workdir, _snapshot(workdir), _checksum(proc.stderr)
 
 
@@ -200,6 +201,63 @@ def reference(env, trained):
   proc = env.run([*env.smoke, *REFERENCE, f"--workdir={workdir}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, _checksum(proc.stderr)
+
+
+def test_console_of_a_first_run(env, trained):
+  """Issue 12, console: a first run (data built, pipes not a terminal) shows no
+  TFDS banners or warnings and no progress-bar escape codes; it says when it
+  compiles and ends on a summary with the commands for its workdir."""
+  workdir = trained[0]
+  proc = env.first_run
+  out = proc.stdout + proc.stderr
+  assert "[hrm_jax.data] building hrm_sudoku/" in out  # the build happened here
+  for noise in ("Using custom data configuration", "Downloading and preparing",
+                "has no dataset_info.json", "\x1b[", "examples/s]"):
+    assert noise not in out, noise
+  assert "Compiling the train step" in proc.stderr
+  assert "Compiled the train step in" in proc.stderr
+  tail = proc.stderr[proc.stderr.index("params checksum"):]
+  for line in ("Finished 4/4 steps", "evaluation: step 4: exact_accuracy=",
+               f"checkpoint: {workdir}/checkpoints/4",
+               f"python -m hrm_jax.solve --workdir={workdir} --sudoku=",
+               f"python -m hrm_jax.visualize --workdir={workdir}",
+               f"tensorboard --logdir={workdir}/tensorboard"):
+    assert line in tail, (line, tail)
+
+
+def _raised(exc):
+  """`exc` with a traceback from this test file (not hrm_jax)."""
+  try:
+    raise exc
+  except BaseException as e:  # pylint: disable=broad-exception-caught
+    return e
+
+
+def test_error_map():
+  """The one map from exceptions to messages and exit statuses (errors.py)."""
+  import errno  # pylint: disable=import-outside-toplevel
+  from hrm_jax.data import errors as data_errors  # pylint: disable=import-outside-toplevel
+  full = errors.explain(OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl"))
+  assert full.exit_code == 1 and "No space left" in full.message
+  assert "/w/metrics.jsonl" in full.message and "rerun the same command" in full.message
+  tensorstore = errors.explain(ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "opt_state.mu/0.0" in OCDBT database at local '
+      'file "/w/checkpoints/2.orbax-checkpoint-tmp/state/": Failed to write 13960 bytes '
+      "to file 12: No space left on device [os_error_code='28']"))
+  assert tensorstore.exit_code == 1 and "while writing /w/checkpoints." in tensorstore.message
+  denied = errors.explain(PermissionError(errno.EACCES, "Permission denied", "/w"))
+  assert denied.exit_code == 1 and "Permission denied for /w" in denied.message
+  assert errors.explain(data_errors.DataError("train.csv row 3: bad")).exit_code == 1
+  assert errors.explain(errors.UsageError("--config.x: no field")).exit_code == 2
+  assert errors.explain(checkpoint.CheckpointMismatchError("shapes")).exit_code == 2
+  assert errors.explain(checkpoint.CorruptCheckpointError("step 4")).exit_code == 1
+  assert errors.explain(FloatingPointError("Non-finite loss")).exit_code == 1
+  assert errors.explain(KeyboardInterrupt()).exit_code == 130
+  # A plain ValueError is a config problem only when our code raised it; one
+  # from elsewhere (a library, a builtin) or a KeyError keeps its traceback.
+  assert errors.explain(ValueError("config.eval.batch_size=5 must divide")).exit_code == 2
+  assert errors.explain(_raised(ValueError("range() arg 3 must not be zero"))) is None
+  assert errors.explain(_raised(KeyError("x"))) is None
 
 
 def test_usage_and_setup_errors_are_one_line_and_leave_nothing(env, trained):
