@@ -400,10 +400,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 # The metrics the closing summary shows first, when the evaluator reports them.
 _HEADLINE = ("exact_accuracy", "accuracy", "loss", "steps")
-# Fields that may change between a run and its resume without breaking it.
-_RESUMABLE_CHANGES = ("total_steps", "epochs", "stop_at_step", "log_every_steps",
-                      "init_from", "profile_steps", "data.data_dir",
-                      "data.num_workers")
+# Fields that never affect a resume (where things go, what is logged); every
+# other difference is listed when a resume fails. (eval.every_steps and
+# total_steps can matter too: they set the sampler's iteration length.)
+_IRRELEVANT_TO_RESUME = ("init_from", "profile_steps", "log_every_steps", "data.data_dir",
+                         "data.num_workers")
 
 
 def closing_summary(config, workdir, step: int, total_steps: int,
@@ -432,14 +433,15 @@ def closing_summary(config, workdir, step: int, total_steps: int,
 
 
 def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
-  """`key: saved -> now` for the run-defining fields that differ."""
+  """`key: saved -> now` for every field that differs (but those of
+  `_IRRELEVANT_TO_RESUME` and ckpt.*)."""
   changes = []
   for key in sorted(set(saved) | set(now)):
     path = f"{prefix}{key}"
     a, b = saved.get(key), now.get(key)
     if isinstance(a, dict) and isinstance(b, dict):
       changes += _config_changes(a, b, path + ".")
-    elif path not in _RESUMABLE_CHANGES and not path.startswith(("eval.", "ckpt.")):
+    elif path not in _IRRELEVANT_TO_RESUME and not path.startswith("ckpt."):
       if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple)
                                                        else b):
         changes.append(f"{path}: {a!r} -> {b!r}")
@@ -456,7 +458,7 @@ def _resume_mismatch(error: Exception, workdir, config) -> Exception:
   now = json.loads(config.to_json_best_effort())
   changes = _config_changes(saved, now) if saved is not None else []
   what = ("; ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4
-                                    else "")) if changes else "see below"
+                                    else "")) if changes else "nothing in config.json"
   message = (
       f"Cannot resume {workdir} with this config (changed since the saved run: {what}). "
       f"Resume with the saved values ({workdir / workdir_lib.CONFIG_FILE}), or start a "
