@@ -22,8 +22,12 @@ Expected ~0.45 / ~0.08 (paper 44.6% / 7.8%, with ConceptARC in training:
 from experiments import common
 
 
+# Variant tokens of --config=experiments/arc.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("arc2", "cpu", "smoke", "trm")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("arc2", "cpu", "smoke", "trm"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("arc")
   if "trm" in tokens:
     common.trm_paper_settings(c, L_cycles=4)

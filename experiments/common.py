@@ -4,8 +4,17 @@ Every experiment file exposes `get_config(arg=None)` and `sweep(add)`. The
 argument is a comma-separated list of variant tokens: none = the paper's
 configuration (accelerators), `cpu` = a small model and dataset that learn on a
 2-core CPU in minutes, `smoke` = seconds, for tests; files add their own (e.g.
-`arc2`), and tokens combine (`experiments/arc.py:arc2,cpu`).
+`arc2`), and tokens combine (`experiments/arc.py:arc2,cpu`). Each file lists
+its tokens in a module-level `VARIANTS` tuple, which `list_experiments` reads
+(without importing the file) for `python -m hrm_jax.main --help`.
 """
+import ast
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import sys
+
 import ml_collections
 
 from hrm_jax import data, models
@@ -23,6 +32,61 @@ def parse_arg(arg: str | None, known: tuple[str, ...]) -> frozenset[str]:
     raise ValueError(f"Unknown config variant(s) {unknown}; known: {list(known)} "
                      "(combine with commas, e.g. experiments/arc.py:arc2,cpu).")
   return tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """One experiment file: its path (as a user would type it), the first line of
+  its docstring and its variant tokens."""
+  path: str
+  summary: str
+  variants: tuple[str, ...]
+
+
+def _display_path(file: pathlib.Path) -> str:
+  try:
+    return os.path.relpath(file) if not os.path.relpath(file).startswith("..") else str(file)
+  except ValueError:  # another drive
+    return str(file)
+
+
+def list_experiments() -> list[Experiment]:
+  """Every experiment file next to this one, read with `ast` (nothing is run)."""
+  found = []
+  for file in sorted(pathlib.Path(__file__).resolve().parent.glob("*.py")):
+    if file.name in ("__init__.py", "common.py"):
+      continue
+    tree = ast.parse(file.read_text(), str(file))
+    variants = ()
+    for node in tree.body:
+      if (isinstance(node, ast.Assign) and len(node.targets) == 1
+          and getattr(node.targets[0], "id", None) == "VARIANTS"):
+        variants = tuple(ast.literal_eval(node.value))
+    summary = (ast.get_docstring(tree) or "").strip().splitlines()
+    found.append(Experiment(_display_path(file), summary[0] if summary else "",
+                            variants))
+  return found
+
+
+def load_experiment(path: str):
+  """Imports an experiment file by path, as `--config=PATH` does."""
+  name = f"_hrm_experiment_{pathlib.Path(path).stem}"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def field_paths(config, prefix: str = "") -> list[str]:
+  """Every leaf field of a config as a dotted path ("opt.lr", "seed", ...)."""
+  paths = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += field_paths(value, f"{prefix}{key}.")
+    else:
+      paths.append(f"{prefix}{key}")
+  return paths
 
 
 def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
@@ -74,6 +138,9 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   # A workdir (or `convert` output) whose weights start a fresh run (fine-tuning);
   # ignored when WORKDIR has its own checkpoint (resume order in hrm_jax/train.py).
   c.init_from = ""
+  # > 0: a jax.profiler trace of this many steps, started after the first progress
+  # line (compilation over), written to WORKDIR/profile (TensorBoard / Perfetto).
+  c.profile_steps = 0
   return c
 
 

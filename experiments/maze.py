@@ -21,8 +21,12 @@ TRM (arXiv 2510.04871):
 from experiments import common
 
 
+# Variant tokens of --config=experiments/maze.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("cpu", "smoke", "trm")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("cpu", "smoke", "trm"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("maze")
   common.small_sample_paper_settings(c)
   if "trm" in tokens:

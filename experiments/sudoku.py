@@ -21,8 +21,12 @@ TRM (the Tiny Recursive Model, arXiv 2510.04871), same data:
 from experiments import common
 
 
+# Variant tokens of --config=experiments/sudoku.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("cpu", "smoke", "trm", "trm_att")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("cpu", "smoke", "trm", "trm_att"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("sudoku")
   common.small_sample_paper_settings(c)
   c.eval.max_batches = -1  # the full test set, as the paper

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import json
 import signal
 import time
 from typing import Any, Callable, Iterator
@@ -34,10 +35,19 @@ from hrm_jax import sharding, state as state_lib, steps, workdir as workdir_lib
 
 @dataclasses.dataclass
 class TrainResult:
-  """What a finished (or stopped) run returns."""
+  """What a finished (or stopped) run returns.
+
+  Attributes:
+    state: the final train state.
+    eval_metrics: the last evaluation ({} if none ran).
+    step: the step the run stopped at.
+    stop_signal: the signal that stopped the run early (a checkpoint of `step`
+      was saved), or None.
+  """
   state: state_lib.TrainState
   eval_metrics: dict[str, float]
   step: int
+  stop_signal: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   the last evaluation."""
   # ---- Setup.
   run_start = time.perf_counter()
+  # Created at the restore phase, once the data and the model are ready: a
+  # run that fails before leaves no empty directory behind.
   workdir = checkpoint.absolute(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   if config.get("enable_x64", False) and not jax.config.jax_enable_x64:
     raise ValueError("config.enable_x64=True needs 64-bit JAX from the start: run "
                      "through `python -m hrm_jax.main` (it turns it on) or set "
@@ -257,14 +268,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   carry = program.init_carry()
 
   # ---- Restore (the order is the module docstring's).
+  workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt.every_steps,
                                  max_to_keep=config.ckpt.max_to_keep,
                                  async_save=config.ckpt.async_save)
-  restored = ckpt.restore_latest(program.abstract_state, program.abstract_carry)
+  try:
+    restored = ckpt.restore_latest(program.abstract_state, program.abstract_carry)
+    if restored is not None:
+      sampler.set_state(restored[3])
+  except checkpoint.WeightsOnlyError:
+    ckpt.close()
+    raise
+  except ValueError as e:  # shapes (CheckpointMismatchError) or the sampler's seed/batch
+    ckpt.close()
+    raise _resume_mismatch(e, workdir, config) from e
   if restored is not None:
     step, state, restored_carry, data_state = restored
     carry = carry if restored_carry is None else restored_carry
-    sampler.set_state(data_state)
     logging.info("Resumed from step %d.", step)
   elif config.get("init_from", ""):
     state = init_from(config.init_from, program, state)
@@ -294,10 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                total_steps, len(eval_steps), min(eval_steps))
   if step == 0:
     writer.write_scalars(0, {"num_params": num_params, "total_steps": total_steps})
+  writer.write_hparams(metric_writers.flatten_config(config))
+  profiler = _Profiler(workdir, config.get("profile_steps", 0))
 
   # ---- Loop.
   sums = metrics.Sums()
   last_eval: dict[str, float] = {}
+  last_eval_step = None
   pending = None  # (step, device metrics) fetched after the next step is dispatched
 
   def absorb():
@@ -309,11 +332,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       sums.add(host)
       pending = None
 
+  stop = None
+  compiled = False
   try:
     while step < total_steps:
       host_batch = next(sampler)
+      if not compiled:
+        logging.info("Compiling the train step; the first step waits for it (tens of "
+                     "seconds for a small model on a CPU, minutes for the paper's).")
+        t0 = time.perf_counter()
       state, carry, step_metrics = program.step(
           state, carry, sharding.global_batch(host_batch, mesh), loop_rng)
+      if not compiled:  # jit compiles synchronously inside the first call
+        logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+        compiled = True
       step += 1
       absorb()
       pending = (step, step_metrics)
@@ -323,11 +355,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         absorb()
         scalars = {f"train/{k}": v for k, v in sums.train_result(config.batch_size).items()}
         scalars["train/epoch"] = sampler.epoch
+        # Logs the progress line; its rate (data, evals and saves included) also
+        # goes to TensorBoard.
+        progress.report(step, scalars, log=jax.process_index() == 0)
+        if progress.steps_per_sec is not None:
+          scalars["perf/steps_per_s"] = progress.steps_per_sec
+          scalars["perf/examples_per_s"] = progress.steps_per_sec * config.batch_size
         writer.write_scalars(step, scalars)
         writer.flush()
-        if jax.process_index() == 0:
-          progress.report(step, scalars)  # logs the progress line
         sums = metrics.Sums()
+        profiler.after_log(step)
+      profiler.after_step(step, state)
 
       if step in eval_steps:
         t0 = time.perf_counter()
@@ -340,6 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.flush()
         logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
                      metric_writers.format_scalars(step, last_eval))
+        last_eval_step = step
 
       stop = _stop_reason(stop_flag, step, config, ckpt)
       if ckpt.due(step) or stop or is_last:
@@ -351,12 +390,117 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                         "command to resume.", step, stop)
         break
   finally:
+    profiler.close()
     ckpt.close()
     writer.close()
     stop_flag.uninstall()
   logging.info("Final params checksum (process %d): %s", jax.process_index(),
                params_checksum(state.params))
-  return TrainResult(state=state, eval_metrics=last_eval, step=step)
+  stop_signal = stop_flag.signal if stop and stop_flag() else None
+  if jax.process_index() == 0:
+    logging.info("%s", closing_summary(
+        config, workdir, step, total_steps, last_eval, last_eval_step,
+        ckpt.latest_step(), stop, time.perf_counter() - run_start))
+  return TrainResult(state=state, eval_metrics=last_eval, step=step,
+                     stop_signal=stop_signal)
+
+
+# The metrics the closing summary shows first, when the evaluator reports them.
+_HEADLINE = ("exact_accuracy", "accuracy", "loss", "steps")
+# Fields that never affect a resume (where things go, what is logged); every
+# other difference is listed when a resume fails. (eval.every_steps and
+# total_steps can matter too: they set the sampler's iteration length.)
+_IRRELEVANT_TO_RESUME = ("init_from", "profile_steps", "log_every_steps", "data.data_dir",
+                         "data.num_workers")
+
+
+def closing_summary(config, workdir, step: int, total_steps: int,
+                    last_eval: dict[str, float], last_eval_step: int | None,
+                    saved_step: int | None, stop: str | None, seconds: float) -> str:
+  """The lines a run ends on: how it ended, its last evaluation, its checkpoint,
+  and the commands that use it."""
+  took = metric_writers.format_duration(seconds)
+  head = (f"Stopped at step {step}/{total_steps} ({stop}) after {took}; rerun the same "
+          "command to resume." if stop else f"Finished {step}/{total_steps} steps in {took}.")
+  lines = [head, f"  workdir:    {workdir}"]
+  if last_eval:
+    shown = [k for k in _HEADLINE if k in last_eval]
+    shown += sorted(k for k in last_eval if k not in shown and "/" in k)[:6]
+    lines.append(f"  evaluation: step {last_eval_step}: " + ", ".join(
+        f"{k}={float(last_eval[k]):.4g}" for k in shown))
+  if saved_step is not None:
+    lines.append(f"  checkpoint: {workdir / checkpoint.CHECKPOINT_DIR / str(saved_step)}")
+  family = str(config.data.family)
+  puzzle = {"sudoku": "--sudoku=CELLS", "maze": "--maze=MAZE.txt",
+            "arc": "--arc=TASK.json"}.get(family, "--sudoku=CELLS")
+  lines += [f"  solve:      python -m hrm_jax.solve --workdir={workdir} {puzzle}",
+            f"  pictures:   python -m hrm_jax.visualize --workdir={workdir}",
+            f"  curves:     tensorboard --logdir={workdir / metric_writers.TENSORBOARD_DIR}"]
+  return "\n".join(lines)
+
+
+def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+  """`key: saved -> now` for every field that differs (but those of
+  `_IRRELEVANT_TO_RESUME` and ckpt.*)."""
+  changes = []
+  for key in sorted(set(saved) | set(now)):
+    path = f"{prefix}{key}"
+    a, b = saved.get(key), now.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += _config_changes(a, b, path + ".")
+    elif path not in _IRRELEVANT_TO_RESUME and not path.startswith("ckpt."):
+      if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple)
+                                                       else b):
+        changes.append(f"{path}: {a!r} -> {b!r}")
+  return changes
+
+
+def _resume_mismatch(error: Exception, workdir, config) -> Exception:
+  """A resume that cannot work, explained: what changed since the saved run
+  and the ways out, before the details."""
+  try:
+    saved = workdir_lib.read_config(workdir).to_dict()
+  except Exception:  # pylint: disable=broad-exception-caught
+    saved = None
+  now = json.loads(config.to_json_best_effort())
+  changes = _config_changes(saved, now) if saved is not None else []
+  what = ("; ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4
+                                    else "")) if changes else "nothing in config.json"
+  message = (
+      f"Cannot resume {workdir} with this config (changed since the saved run: {what}). "
+      f"Resume with the saved values ({workdir / workdir_lib.CONFIG_FILE}), or start a "
+      f"new --workdir (add --config.init_from={workdir} to start from its weights).\n"
+      + str(error))
+  return checkpoint.CheckpointMismatchError(message)
+
+
+class _Profiler:
+  """`config.profile_steps` > 0: a `jax.profiler` trace of that many steps,
+  started after the first progress line (compilation and warm-up are over),
+  written to WORKDIR/profile (process 0; TensorBoard's profile tab or Perfetto
+  read it)."""
+
+  def __init__(self, workdir, num_steps: int):
+    self._dir = workdir / "profile"
+    self._num_steps = int(num_steps) if jax.process_index() == 0 else 0
+    self._first = self._until = None  # steps of the trace, once started
+
+  def after_log(self, step: int) -> None:
+    if self._num_steps > 0 and self._first is None:
+      jax.profiler.start_trace(str(self._dir))
+      self._first, self._until = step + 1, step + self._num_steps
+
+  def after_step(self, step: int, state) -> None:
+    if self._until is not None and step >= self._until:
+      jax.block_until_ready(state)  # the traced steps' device work included
+      self.close()
+      logging.info("Wrote a profiler trace of steps %d-%d to %s.", self._first, step,
+                   self._dir)
+
+  def close(self) -> None:
+    if self._until is not None:
+      jax.profiler.stop_trace()
+      self._until = None  # one trace a run
 
 
 def _stop_reason(stop_flag, step: int, config, ckpt) -> str | None:

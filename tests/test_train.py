@@ -155,3 +155,33 @@ def test_run_plan_of_step_based_runs():
   config.epochs, config.eval.every_epochs = 1000, 300
   with pytest.raises(ValueError, match="multiple of config.eval.every_epochs"):
     train.plan_run(config, metadata, None)
+
+
+def test_console_summary_profile_and_tensorboard(data_dir, tmp_path, caplog):
+  """Issue 12, console and hooks: a line before the first compile (and its
+  measured time after), a closing summary naming the last evaluation, the
+  checkpoint and the commands for this workdir (after the checksum line, which
+  the multi-process test reads), steps/s in the metrics, and
+  config.profile_steps writing a jax.profiler trace into WORKDIR/profile."""
+  config = smoke_config("sudoku", data_dir, total_steps=4, profile_steps=2,
+                        **{"eval.every_steps": 4, "log_every_steps": 1})
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(config, str(tmp_path))
+  text = caplog.text
+  assert "Compiling the train step" in text and "Compiled the train step in" in text
+  assert text.index("Compiling the train step") < text.index("step 1/4")
+  assert "params checksum" in text
+  summary = text[text.index("Finished 4/4 steps"):]
+  assert text.index("params checksum") < text.index("Finished 4/4 steps")
+  assert "evaluation: step 4: exact_accuracy=" in summary
+  assert f"checkpoint: {tmp_path}/checkpoints/4" in summary
+  assert f"python -m hrm_jax.solve --workdir={tmp_path} --sudoku=" in summary
+  assert f"python -m hrm_jax.visualize --workdir={tmp_path}" in summary
+  assert "Wrote a profiler trace of steps 2-3" in text
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  records = metric_writers.read_jsonl_metrics(tmp_path)
+  rates = [r["perf/steps_per_s"] for r in records if "perf/steps_per_s" in r]
+  assert len(rates) == 3 and all(r > 0 for r in rates)  # steps 2-4 (1 has no rate)
+  assert all(r["perf/examples_per_s"] == pytest.approx(r["perf/steps_per_s"] * 16)
+             for r in records if "perf/steps_per_s" in r)
