@@ -44,6 +44,8 @@ from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from hrm_jax import tree_shapes
 from orbax.checkpoint import checkpoint_managers as save_decision_lib
 
 PyTree = Any
@@ -95,34 +97,6 @@ def _to_json(tree: ml_collections.ConfigDict | Mapping[str, Any]):
   return json.loads(json.dumps(dict(tree), default=_json_default))
 
 
-def flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  """`"a/b/0/c" -> shape` for every array-like leaf, in orbax's key scheme.
-
-  Orbax stores a pytree by its serialised form (custom nodes such as optax
-  namedtuples become dicts/lists keyed by field name/index), so both the
-  target and the saved metadata are brought into that form before comparing.
-  """
-  serialized = ocp.tree.serialize_tree(tree, keep_empty_nodes=True)
-  flat = ocp.tree.to_flat_dict(serialized)
-  return {
-      "/".join(str(k) for k in path): tuple(leaf.shape)
-      for path, leaf in flat.items()
-      if hasattr(leaf, "shape")
-  }
-
-
-Shape = tuple[int, ...]
-
-
-def diff_shapes(have: Mapping[str, Shape], want: Mapping[str, Shape]
-                ) -> list[tuple[str, Shape | None, Shape | None]]:
-  """`(path, have_shape, want_shape)` for every path whose shape differs between
-  two flat `path -> shape` maps, sorted by path; None where a side lacks it."""
-  return [(path, have.get(path), want.get(path))
-          for path in sorted(have.keys() | want.keys())
-          if have.get(path) != want.get(path)]
-
-
 def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
   """Raises CheckpointMismatchError unless every saved shape fits `target`.
 
@@ -132,15 +106,8 @@ def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
     target: the abstract pytree about to be restored into.
   """
   saved_tree = getattr(saved_metadata, "tree", saved_metadata)
-  problems = []
-  for path, saved, wanted in diff_shapes(flat_shapes(saved_tree), flat_shapes(target)):
-    if saved is None:
-      problems.append(f"  {item}/{path}: missing in checkpoint (target shape {wanted})")
-    elif wanted is None:
-      problems.append(f"  {item}/{path}: in checkpoint (shape {saved}) but not in target")
-    else:
-      problems.append(f"  {item}/{path}: checkpoint shape {saved} != "
-                      f"target shape {wanted}")
+  problems = tree_shapes.mismatches(saved_tree, target, "checkpoint", "target",
+                                    prefix=f"{item}/")
   if problems:
     raise CheckpointMismatchError(
         f"Checkpoint item {item!r} does not fit the model/optimiser being "

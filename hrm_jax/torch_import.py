@@ -19,7 +19,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from hrm_jax import checkpoint, models
+from hrm_jax import models, tree_shapes
 
 
 REFERENCE_CONFIG_FILE = "all_config.yaml"
@@ -267,18 +267,10 @@ def check_shapes(config, converted: Mapping[str, Any]) -> None:
   model = models.build(config)
   expected = jax.eval_shape(lambda: models.family_of(config).init_variables(
       model, jax.random.key(0)))
-  problems = []
-  for item in ("params", "buffers"):
-    for path, have, want in checkpoint.diff_shapes(
-        checkpoint.flat_shapes(converted[item]), checkpoint.flat_shapes(expected[item])):
-      if have is None:
-        problems.append(f"  {item}/{path}: missing from the checkpoint "
-                        f"(expected shape {want})")
-      elif want is None:
-        problems.append(f"  {item}/{path}: shape {have} is in the checkpoint "
-                        "but not in a model with this config")
-      else:
-        problems.append(f"  {item}/{path}: checkpoint shape {have} != expected {want}")
+  problems = tree_shapes.mismatches(
+      {k: converted[k] for k in ("params", "buffers")},
+      {k: expected[k] for k in ("params", "buffers")},
+      "the checkpoint", "a model with this config")
   if config.puzzle_emb_ndim > 0:
     table = converted["puzzle_emb"]
     want_table = (config.num_puzzle_identifiers, config.puzzle_emb_ndim)

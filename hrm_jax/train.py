@@ -22,15 +22,16 @@ import importlib
 import json
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from hrm_jax import checkpoint, data, metric_writers, metrics, models, preemption
-from hrm_jax import sharding, state as state_lib, steps, workdir as workdir_lib
+from hrm_jax import checkpoint, data, metric_writers, metrics, models, preemption, schedule
+from hrm_jax import sharding, state as state_lib, steps, tree_shapes
+from hrm_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -48,83 +49,6 @@ class TrainResult:
   eval_metrics: dict[str, float]
   step: int
   stop_signal: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-  """How long a run is and when it evaluates; the one place epochs become steps.
-
-  Attributes:
-    total_steps: optimizer updates the run makes.
-    schedule_steps: length of the LR schedules. Epoch-based runs use the
-      reference's `int(epochs * examples_per_epoch / global_batch)`, which can
-      exceed the updates made (Sudoku-1k: 26,041 vs 26,040) exactly as there.
-    eval_steps: the steps after which the run evaluates (sorted, distinct; the
-      last is total_steps).
-    epochs_per_iteration: the sampler's iteration length in epochs.
-  """
-  total_steps: int
-  schedule_steps: int
-  eval_steps: tuple[int, ...]
-  epochs_per_iteration: int
-
-
-# Step-based runs: an iteration (whose last partial batch is dropped) holds at
-# least this many batches, so at most ~1% of the examples are skipped.
-MIN_BATCHES_PER_ITERATION = 100
-
-
-def examples_per_epoch(metadata) -> float:
-  """Reference: one epoch = total_groups * mean_puzzle_examples examples."""
-  return metadata.total_groups * metadata.mean_puzzle_examples
-
-
-def plan_run(config: ml_collections.ConfigDict, metadata,
-             batches_in_iteration: Callable[[int, int], int]) -> RunPlan:
-  """The run's length and evaluation points (see `RunPlan`).
-
-  Epoch-based runs (`config.total_steps <= 0`) are planned as the reference
-  plans them: `epochs / eval.every_epochs` iterations of `eval.every_epochs`
-  epochs each, an evaluation after every iteration, and as many updates as the
-  iterations hold (each drops only its last partial batch). Step-based runs
-  (`config.total_steps > 0`, the CPU recipes) make exactly that many updates,
-  evaluate every `eval.every_steps` and after the last step, and stream in
-  iterations of the fewest epochs that hold `MIN_BATCHES_PER_ITERATION`
-  batches: a function of the data and the batch only, so a run resumed with a
-  longer `total_steps` or another evaluation interval continues the same stream.
-
-  Args:
-    config: the run config.
-    metadata: the train split's DatasetMetadata.
-    batches_in_iteration: `(iteration, epochs_per_iteration) -> batches`, the
-      sampler's exact count.
-  """
-  B = config.batch_size
-  per_epoch = examples_per_epoch(metadata)
-  if config.total_steps > 0:
-    total = int(config.total_steps)
-    every = (config.eval.every_steps if config.eval.every_steps > 0
-             else int(config.eval.every_epochs * per_epoch / B))
-    every = max(1, min(every, total))
-    evals = sorted(set(range(every, total + 1, every)) | {total})
-    epochs_per_iteration = max(1, -(-MIN_BATCHES_PER_ITERATION * B // max(1, int(per_epoch))))
-    return RunPlan(total, total, tuple(evals), epochs_per_iteration)
-  epochs, interval = int(config.epochs), int(config.eval.every_epochs)
-  if interval < 1 or epochs < interval or epochs % interval:
-    raise ValueError(f"config.epochs={epochs} must be a multiple of "
-                     f"config.eval.every_epochs={interval} (the reference's eval_interval), "
-                     "or set config.total_steps and config.eval.every_steps.")
-  boundaries = np.cumsum([batches_in_iteration(i, interval)
-                          for i in range(epochs // interval)]).tolist()
-  if boundaries[-1] < 1:
-    raise ValueError(f"The run has no updates: {epochs} epochs of {per_epoch:g} examples "
-                     f"do not fill one batch of {B}.")
-  evals = tuple(sorted(set(b for b in boundaries if b > 0)))
-  if config.eval.every_steps > 0:
-    evals = tuple(sorted(set(range(config.eval.every_steps, boundaries[-1] + 1,
-                                   config.eval.every_steps)) | {boundaries[-1]}))
-  return RunPlan(int(boundaries[-1]), max(1, int(epochs * per_epoch / B)), evals,
-                 interval)
 
 
 def load_evaluator(eval_cfg, split, workdir):
@@ -157,19 +81,6 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh) -> dict[str, floa
   return evaluator.result()
 
 
-def _plan(config, train_split) -> RunPlan:
-  counts = {}
-
-  def batches_in_iteration(iteration: int, epochs_per_iteration: int) -> int:
-    if epochs_per_iteration not in counts:  # one sampler per iteration length
-      counts[epochs_per_iteration] = data.TrainSampler(
-          train_split, config.batch_size, config.seed,
-          epochs_per_iteration=epochs_per_iteration)
-    return counts[epochs_per_iteration].batches_in_iteration(iteration)
-
-  return plan_run(config, train_split.metadata, batches_in_iteration)
-
-
 def _host_array(sharding_, value: np.ndarray) -> jax.Array:
   """A host array placed into a (possibly multi-process) sharding."""
   return jax.make_array_from_callback(value.shape, sharding_, lambda index: value[index])
@@ -183,12 +94,11 @@ def init_from(source: str, program: steps.TrainProgram,
   saved = jax.device_get({"params": trained.weights.params,
                           "buffers": trained.weights.buffers})
   want = {"params": state.params, "buffers": state.buffers}
-  problems = checkpoint.diff_shapes(checkpoint.flat_shapes(saved),
-                                    checkpoint.flat_shapes(want))
+  problems = tree_shapes.mismatches(saved, want, "the saved weights", "this model")
   if problems:
     raise checkpoint.CheckpointMismatchError(
         f"config.init_from={source!r}: its weights do not fit this run's model:\n" +
-        "\n".join(f"  {p}: saved {h} != this model {w}" for p, h, w in problems))
+        "\n".join(problems))
   sh = program.state_shardings
   params = jax.tree.map(lambda x, s, t: _host_array(s, np.asarray(x, t.dtype)),
                         saved["params"], sh.params, state.params)
@@ -252,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_split = data.load(config.data, "train")
   test_split = data.load(config.data, "test")
   metadata = train_split.metadata
-  plan = _plan(config, train_split)
+  plan = schedule.plan_for_split(config, train_split)
   total_steps, eval_steps = plan.total_steps, set(plan.eval_steps)
   sampler = data.TrainSampler(train_split, config.batch_size, config.seed,
                               jax.process_index(), jax.process_count(),

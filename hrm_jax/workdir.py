@@ -36,7 +36,7 @@ from etils import epath
 import jax
 import ml_collections
 
-from hrm_jax import checkpoint, models
+from hrm_jax import checkpoint, models, tree_shapes
 from hrm_jax import state as state_lib
 from hrm_jax.data import puzzles
 
@@ -213,10 +213,8 @@ def load_weights(workdir: epath.PathLike, sharding: jax.sharding.Sharding | None
       model, jax.random.key(0)))
   want = {"params": expected["params"], "buffers": expected["buffers"]}
   have = {"params": saved["params"], "buffers": saved["buffers"]}
-  problems = checkpoint.diff_shapes(checkpoint.flat_shapes(have),
-                                    checkpoint.flat_shapes(want))
-  if problems:
-    lines = [f"  {p}: checkpoint {h} != model {w}" for p, h, w in problems]
+  lines = tree_shapes.mismatches(have, want, "checkpoint", "model")
+  if lines:
     raise WorkdirError(f"The weights in {os.fspath(workdir)!r} do not fit the model its "
                        f"{CONFIG_FILE} describes:\n" + "\n".join(lines))
   buffers = jax.tree.map(lambda b, e: b.astype(e.dtype), saved["buffers"],

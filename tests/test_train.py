@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from hrm_jax import checkpoint, metric_writers, train
+from hrm_jax import checkpoint, data, metric_writers, schedule, train
 
 
 def smoke_config(name, data_dir, variant="smoke", **overrides):
@@ -133,7 +133,7 @@ def test_run_plan_of_the_paper_configs(name):
   metadata = data.DatasetMetadata(
       vocab_size=11, seq_len=81, num_puzzle_identifiers=1, pad_id=0, ignore_label_id=0,
       blank_identifier_id=0, total_groups=1000, mean_puzzle_examples=1.0)
-  plan = train.plan_run(config, metadata, lambda i, epochs: sampler.iteration_batches(
+  plan = schedule.plan_run(config, metadata, lambda i, epochs: sampler.iteration_batches(
       1000, epochs, config.batch_size))
   assert plan.total_steps == 26_040 and plan.schedule_steps == 26_041
   assert plan.eval_steps == tuple(2604 * k for k in range(1, 11))
@@ -143,18 +143,18 @@ def test_run_plan_of_the_paper_configs(name):
 def test_run_plan_of_step_based_runs():
   from experiments import sudoku  # pylint: disable=import-outside-toplevel
   config = sudoku.get_config("cpu")
-  metadata = train.data.DatasetMetadata(
+  metadata = data.DatasetMetadata(
       vocab_size=8, seq_len=36, num_puzzle_identifiers=1, pad_id=0, ignore_label_id=0,
       blank_identifier_id=0, total_groups=20_000, mean_puzzle_examples=1.0)
-  plan = train.plan_run(config, metadata, None)
+  plan = schedule.plan_run(config, metadata, None)
   assert plan.total_steps == plan.schedule_steps == 1600
   assert plan.eval_steps == (400, 800, 1200, 1600)
   config.total_steps, config.eval.every_steps = 10, 4
-  assert train.plan_run(config, metadata, None).eval_steps == (4, 8, 10)
+  assert schedule.plan_run(config, metadata, None).eval_steps == (4, 8, 10)
   config.total_steps, config.eval.every_steps = -1, -1
   config.epochs, config.eval.every_epochs = 1000, 300
   with pytest.raises(ValueError, match="multiple of config.eval.every_epochs"):
-    train.plan_run(config, metadata, None)
+    schedule.plan_run(config, metadata, None)
 
 
 def test_console_summary_profile_and_tensorboard(data_dir, tmp_path, caplog):
