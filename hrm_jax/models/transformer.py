@@ -22,15 +22,13 @@ L = P + S tokens, D hidden, E puzzle-embedding width, V vocabulary.
 """
 # pylint: disable=invalid-name
 import dataclasses
-import math
 from typing import Any, ClassVar, Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hrm_jax import models
-from hrm_jax.models import layers
+from hrm_jax.models import io, layers
 
 Array = jax.Array
 Variables = Any  # {"params": ..., "buffers": ...}
@@ -128,20 +126,14 @@ class TransformerConfig:
     return self.seq_len + self.puzzle_emb_len
 
 
-class TransformerInner(nn.Module):
-  """Parameters and pieces of the baseline; `segment` composes them."""
+class TransformerInner(io.PuzzleModel):
+  """Parameters and pieces of the baseline; `segment` composes them (the input
+  embedding and the heads are `io.PuzzleModel`'s)."""
   config: TransformerConfig
 
   def setup(self):
     cfg = self.config
-    D = cfg.hidden_size
-    embed_std = 1.0 / math.sqrt(D)
-    self.embed_tokens = layers.CastedEmbed(cfg.vocab_size, D, embed_std, cfg.dtype)
-    if cfg.pos_encodings == "learned":
-      self.embed_pos = layers.CastedEmbed(cfg.num_positions, D, embed_std, cfg.dtype)
-      self.cos_sin = None
-    else:
-      self.cos_sin = layers.rope_cos_sin(cfg.num_positions, cfg.head_dim, cfg.rope_theta)
+    self.setup_io(head_dim=cfg.head_dim)
     # cuDNN flash attention needs head dims that are multiples of 8 (not the
     # reference yaml's 42): "auto" falls back to dense attention there.
     impl = cfg.attention_impl
@@ -150,40 +142,11 @@ class TransformerInner(nn.Module):
     self.H_level = layers.ReasoningModule(
         num_layers=cfg.H_layers, num_heads=cfg.num_heads, expansion=cfg.expansion,
         rms_norm_eps=cfg.rms_norm_eps, attention_impl=impl)
-    self.lm_head = layers.CastedDense(cfg.vocab_size)
-    # Q head at weight 0, bias -5, as HRM.
-    self.q_head = layers.CastedDense(2, use_bias=True,
-                                     kernel_init=nn.initializers.zeros,
-                                     bias_init=nn.initializers.constant(-5.0))
-    init_state = lambda: layers.truncated_normal(1.0)(
-        self.make_rng("params"), (D,)).astype(cfg.dtype)
-    self.H_init = self.variable("buffers", "H_init", init_state)
-
-  def embed_input(self, inputs_BxS: Array, puzzle_rows_BxE: Array) -> Array:
-    """Token embeddings with the puzzle-embedding prefix, scaled by sqrt(D)."""
-    cfg = self.config
-    B = inputs_BxS.shape[0]
-    x_BxLxD = self.embed_tokens(inputs_BxS)
-    if cfg.puzzle_emb_ndim > 0:
-      rows_BxE = puzzle_rows_BxE.astype(cfg.dtype)
-      pad = cfg.puzzle_emb_len * cfg.hidden_size - cfg.puzzle_emb_ndim
-      prefix_BxPxD = jnp.pad(rows_BxE, ((0, 0), (0, pad))).reshape(
-          B, cfg.puzzle_emb_len, cfg.hidden_size)
-      x_BxLxD = jnp.concatenate([prefix_BxPxD, x_BxLxD], axis=1)
-    if cfg.pos_encodings == "learned":
-      positions_LxD = self.embed_pos(jnp.arange(cfg.num_positions))
-      x_BxLxD = 0.707106781 * (x_BxLxD + positions_LxD)  # keeps the variance at 1
-    return math.sqrt(cfg.hidden_size) * x_BxLxD
+    self.setup_initial_states(("H_init",))
 
   def H_update(self, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:
     """The one call of a segment: z_H <- f(z_H, x)."""
     return self.H_level(z_H_BxLxD, x_BxLxD, self.cos_sin)
-
-  def heads(self, z_H_BxLxD: Array) -> tuple[Array, Array, Array]:
-    """LM logits over the grid tokens, and the two Q logits (float32)."""
-    logits_BxSxV = self.lm_head(z_H_BxLxD)[:, self.config.puzzle_emb_len:]
-    q_logits_Bx2 = self.q_head(z_H_BxLxD[:, 0]).astype(jnp.float32)
-    return logits_BxSxV, q_logits_Bx2[:, 0], q_logits_Bx2[:, 1]
 
   def initial_states(self) -> tuple[Array, Array]:
     """(H_init, zeros): the second is what a reset writes into the unused z_L."""
@@ -196,13 +159,7 @@ class TransformerInner(nn.Module):
     return self.heads(self.H_update(z_H_BxLxD, x_BxLxD))
 
 
-def init_variables(model: TransformerInner, rng: jax.Array,
-                   batch_size: int = 1) -> Variables:
-  """{"params": float32 weights, "buffers": {"H_init"}}."""
-  cfg = model.config
-  inputs_BxS = jnp.zeros((batch_size, cfg.seq_len), jnp.int32)
-  rows_BxE = jnp.zeros((batch_size, cfg.puzzle_emb_ndim), jnp.float32)
-  return model.init(rng, inputs_BxS, rows_BxE)
+init_variables = io.init_variables
 
 
 def segment(model: TransformerInner, variables: Variables, z_H_BxLxD: Array,

@@ -23,15 +23,13 @@ L = P + S tokens, D hidden, E puzzle-embedding width, V vocabulary.
 # pylint: disable=invalid-name
 import dataclasses
 import functools
-import math
 from typing import Any, ClassVar, Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hrm_jax import models
-from hrm_jax.models import layers
+from hrm_jax.models import io, layers
 
 Array = jax.Array
 Variables = Any  # {"params": ..., "buffers": ...}
@@ -153,63 +151,26 @@ class TRMConfig:
                            q_continue_target=not self.no_ACT_continue)
 
 
-class TRMInner(nn.Module):
+class TRMInner(io.PuzzleModel):
   """Parameters and the single-call pieces of TRM; `segment` composes them.
 
   Method names and meanings follow `hrm.HRMInner`; the difference is that
-  `L_update` and `H_update` call the same network. The puzzle-embedding table
-  is not part of this module (its own sparse optimiser trains it): callers
-  gather its rows and pass them in.
+  `L_update` and `H_update` call the same network. The input embedding (P =
+  puzzle_emb_len prefix tokens) and the heads are `io.PuzzleModel`'s; the Q
+  head reads position 0 of y, not detached.
   """
   config: TRMConfig
 
   def setup(self):
     cfg = self.config
-    D = cfg.hidden_size
-    embed_std = 1.0 / math.sqrt(D)
-    self.embed_tokens = layers.CastedEmbed(cfg.vocab_size, D, embed_std, cfg.dtype)
-    self.cos_sin = None
-    if cfg.pos_encodings == "learned":
-      self.embed_pos = layers.CastedEmbed(cfg.num_positions, D, embed_std, cfg.dtype)
-    elif cfg.pos_encodings == "rope":
-      self.cos_sin = layers.rope_cos_sin(cfg.num_positions, D // cfg.num_heads,
-                                         cfg.rope_theta)
+    self.setup_io(head_dim=cfg.hidden_size // cfg.num_heads)
     # The one network of both updates (state-dict name L_level: no H_level exists).
     self.L_level = layers.ReasoningModule(
         num_layers=cfg.L_layers, num_heads=cfg.num_heads, expansion=cfg.expansion,
         rms_norm_eps=cfg.rms_norm_eps, attention_impl=cfg.attention_impl,
         mlp_t=cfg.mlp_t, num_positions=cfg.num_positions)
-    self.lm_head = layers.CastedDense(cfg.vocab_size)
-    # Q head starts at weight 0, bias -5: sigmoid(-5) ~ 0.007, so the model begins
-    # by almost never halting early.
-    self.q_head = layers.CastedDense(2, use_bias=True,
-                                     kernel_init=nn.initializers.zeros,
-                                     bias_init=nn.initializers.constant(-5.0))
-    # Fixed initial states y0, z0: sampled once, never trained (reference buffers).
-    init_state = lambda: layers.truncated_normal(1.0)(
-        self.make_rng("params"), (D,)).astype(cfg.dtype)
-    self.H_init = self.variable("buffers", "H_init", init_state)
-    self.L_init = self.variable("buffers", "L_init", init_state)
-
-  def embed_input(self, inputs_BxS: Array, puzzle_rows_BxE: Array) -> Array:
-    """x: [prefix ; tokens] (+ learned positions), scaled by sqrt(D).
-
-    The puzzle row is zero-padded to P * D values and reshaped row-major to P
-    prefix tokens: with E = D, token 0 holds the row and tokens 1..P-1 are 0.
-    """
-    cfg = self.config
-    B = inputs_BxS.shape[0]
-    x_BxLxD = self.embed_tokens(inputs_BxS)
-    if cfg.puzzle_emb_ndim > 0:
-      rows_BxE = puzzle_rows_BxE.astype(cfg.dtype)
-      pad = cfg.puzzle_emb_len * cfg.hidden_size - cfg.puzzle_emb_ndim
-      prefix_BxPxD = jnp.pad(rows_BxE, ((0, 0), (0, pad))).reshape(
-          B, cfg.puzzle_emb_len, cfg.hidden_size)
-      x_BxLxD = jnp.concatenate([prefix_BxPxD, x_BxLxD], axis=1)
-    if cfg.pos_encodings == "learned":
-      positions_LxD = self.embed_pos(jnp.arange(cfg.num_positions))
-      x_BxLxD = 0.707106781 * (x_BxLxD + positions_LxD)  # keeps the variance at 1
-    return math.sqrt(cfg.hidden_size) * x_BxLxD
+    # Fixed initial states y0, z0.
+    self.setup_initial_states(("H_init", "L_init"))
 
   def L_update(self, z_L_BxLxD: Array, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:
     """Latent update z <- f(z, y + x)."""
@@ -218,13 +179,6 @@ class TRMInner(nn.Module):
   def H_update(self, z_H_BxLxD: Array, z_L_BxLxD: Array) -> Array:
     """Answer update y <- f(y, z): the same network, without x."""
     return self.L_level(z_H_BxLxD, z_L_BxLxD, self.cos_sin)
-
-  def heads(self, z_H_BxLxD: Array) -> tuple[Array, Array, Array]:
-    """LM logits over the grid tokens (prefix dropped), Q logits (float32)."""
-    logits_BxSxV = self.lm_head(z_H_BxLxD)[:, self.config.puzzle_emb_len:]
-    # The Q head reads position 0 of y (the first prefix token), not detached.
-    q_logits_Bx2 = self.q_head(z_H_BxLxD[:, 0]).astype(jnp.float32)
-    return logits_BxSxV, q_logits_Bx2[:, 0], q_logits_Bx2[:, 1]
 
   def initial_states(self) -> tuple[Array, Array]:
     return self.H_init.value, self.L_init.value
@@ -240,12 +194,7 @@ class TRMInner(nn.Module):
     return self.heads(z_H_BxLxD)
 
 
-def init_variables(model: TRMInner, rng: jax.Array, batch_size: int = 1) -> Variables:
-  """{"params": float32 weights, "buffers": fixed H_init/L_init}."""
-  cfg = model.config
-  inputs_BxS = jnp.zeros((batch_size, cfg.seq_len), jnp.int32)
-  rows_BxE = jnp.zeros((batch_size, cfg.puzzle_emb_ndim), jnp.float32)
-  return model.init(rng, inputs_BxS, rows_BxE)
+init_variables = io.init_variables
 
 
 def _cycle(L_step, H_step, z_H_BxLxD: Array, z_L_BxLxD: Array, n: int, scan: bool):
