@@ -9,6 +9,16 @@ verified 32% semi-private), ~0.05 on ARC-AGI-2 (paper 5.0%).
 The puzzle-embedding table has ~1M rows x 512: on pods use an fsdp mesh
 (e.g. --config.mesh=data:-1,fsdp:8) so it is split, not replicated.
 
+One GPU (`:1gpu`, combines: `:arc2,1gpu`): the paper's run unchanged (global
+batch 768, every hyperparameter) with the batch run in 16 micro-batches of 48
+rows inside each step (gradient accumulation: one update per 768 rows):
+  python -m hrm_jax.main --config=experiments/arc.py:1gpu --workdir=/tmp/hrm_arc1_1gpu
+k = 16 as for Maze (experiments/maze.py: the same 901 positions and model; the
+~800k x 512 puzzle table adds 1.6 GB): `python launch/compile_check.py
+--config=experiments/arc.py:1gpu --mesh=data:1` gives the CPU compiler's
+temporaries per k (BUILD_NOTES.md, "One GPU at paper batch"); the GPU peak is
+still to be measured (benchmarks/gpu_session.py: arc_1gpu).
+
 CPU: a handful of real ARC-AGI-1 tasks end to end (augment, train, vote, pass@k):
   python -m hrm_jax.main --config=experiments/arc.py:cpu --workdir=/tmp/hrm_arc_cpu
 """
@@ -16,7 +26,7 @@ from experiments import common
 
 
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("arc2", "cpu", "smoke"))
+  tokens = common.parse_arg(arg, ("arc2", "cpu", "smoke", "1gpu"))
   c = common.base_config("arc")
   c.eval.type = "arc"  # Invert augmentations, vote, pass@k, submission.json.
   c.eval.pass_ks = (1, 2, 5, 10, 100, 1000)  # Reported as arc/pass@K.
@@ -44,7 +54,13 @@ def get_config(arg: str | None = None):
       c.log_every_steps = 20
     else:
       common.smoke(c)
+  if "1gpu" in tokens:
+    c.grad_accum_steps = ONE_GPU_ACCUM_STEPS
   return c
+
+
+# Micro-batches per step of `:1gpu` (module docstring: how it was chosen).
+ONE_GPU_ACCUM_STEPS = 16
 
 
 def sweep(add):

@@ -8,7 +8,7 @@ configuration (accelerators), `cpu` = a small model and dataset that learn on a
 """
 import ml_collections
 
-from hrm_jax import data, models
+from hrm_jax import cpu_kind, data, models
 
 
 def parse_arg(arg: str | None, known: tuple[str, ...]) -> frozenset[str]:
@@ -36,6 +36,11 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(models.default_fields(arch))
 
   c.batch_size = 768  # Global batch, split over processes and devices.
+  # k > 1: each device runs its rows in k micro-batches inside the step and
+  # applies one update (same numbers, 1/k of the activation memory); k must
+  # divide the per-device batch. `launch/compile_check.py --device_memory=80GiB`
+  # picks one.
+  c.grad_accum_steps = 1
   c.epochs = 100000  # Reference epochs (one random variant per group each).
   c.total_steps = -1  # > 0 overrides the step count derived from epochs.
 
@@ -106,9 +111,16 @@ def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) 
 
   Tiny HRM (hidden 64, 4 heads, 2 layers per module, RoPE), M=4 segments (M=8 was
   slower per second), lr 2e-3 after 100 warm-up steps then cosine to 2e-4, batch
-  128, bfloat16 activations (1.5x the float32 step rate on a 2-core AVX-512 CPU).
+  128. Activations in bfloat16 where the CPU has bf16 units (AVX512_BF16 or
+  AMX: 1.5x the float32 step rate on a 2-core AVX-512 CPU), float32 elsewhere
+  (`hrm_jax.cpu_kind`: the detection and the resume rule); the same steps and
+  schedule either way. `config.cpu_auto_dtype` records the automatic choice
+  (a resumed run keeps the dtype it started with: `cpu_kind.resume_dtype`);
+  --config.model.forward_dtype overrides it.
   """
-  shrink_for_cpu(c, hidden=64, heads=4, layers=2, dtype="bfloat16")
+  dtype = cpu_kind.recipe_dtype()
+  shrink_for_cpu(c, hidden=64, heads=4, layers=2, dtype=dtype)
+  c.cpu_auto_dtype = dtype
   c.model.H_cycles = 2
   c.model.L_cycles = 2
   c.model.halt_max_steps = 4

@@ -244,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model_cfg = models.make_config(config.model, metadata)
   program = steps.build_train_step(model_cfg, config.opt, plan.schedule_steps,
                                    config.batch_size, mesh,
-                                   ema_rate=config.get("ema_rate", 0.0))
+                                   ema_rate=config.get("ema_rate", 0.0),
+                                   grad_accum_steps=config.get("grad_accum_steps", 1))
   init_rng, loop_rng = jax.random.split(jax.random.key(config.seed))
   state = program.init_state(init_rng)
   carry = program.init_carry()

@@ -61,6 +61,9 @@ class HRMConfig:
   # "auto": cuDNN flash attention on GPUs in bf16 (no L x L scores in memory), else
   # dense XLA attention; "xla" or "cudnn" force one.
   attention_impl: str = "auto"
+  # Rematerialisation of the differentiated updates' blocks: "none", "blocks"
+  # or "dots" (layers.REMAT_POLICIES): less activation memory for some recompute.
+  remat: str = "none"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -75,6 +78,9 @@ class HRMConfig:
     if self.attention_impl not in layers.ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r}: use one of "
                        f"{layers.ATTENTION_IMPLS}.")
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}: use one of "
+                       f"{sorted(layers.REMAT_POLICIES)}.")
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -113,7 +119,8 @@ class HRMInner(nn.Module):
     module = functools.partial(layers.ReasoningModule, num_heads=cfg.num_heads,
                                expansion=cfg.expansion,
                                rms_norm_eps=cfg.rms_norm_eps,
-                               attention_impl=cfg.attention_impl)
+                               attention_impl=cfg.attention_impl,
+                               remat=cfg.remat)
     self.H_level = module(num_layers=cfg.H_layers)
     self.L_level = module(num_layers=cfg.L_layers)
     self.lm_head = layers.CastedDense(cfg.vocab_size)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,16 +51,18 @@ def _matmul(x: Array, w: Array, keep_float32: bool = False) -> Array:
   accumulator directly and XLA fuses the rounding into it, instead of a
   separate pass over the activation (as costly as the matmul itself on CPUs).
   """
-  if x.dtype == jnp.float32:
-    y = jnp.matmul(x, w, preferred_element_type=jnp.float32)
-  else:
-    y = _low_precision_matmul(x, w)
+  # Every dtype takes the custom VJP: in float32 its casts are identities, and its
+  # dW = einsum(x, g) saves the transposes of [B*L, F] activations that JAX's
+  # own matmul transpose rule makes on XLA:CPU (BUILD_NOTES.md, issue 15).
+  y = _low_precision_matmul(x, w)
+  # The name lets remat="dots" keep projection outputs (an identity otherwise).
+  y = checkpoint_name(y, PROJECTION)
   return y if keep_float32 else y.astype(x.dtype)
 
 
 @jax.custom_vjp
 def _low_precision_matmul(x: Array, w: Array) -> Array:
-  """x [..., in] (bf16/f16) @ w [in, out] (float32 parameter) -> float32 [..., out].
+  """x [..., in] (bf16/f16/f32) @ w [in, out] (float32 parameter) -> float32 [..., out].
 
   Forward: w is cast to x's dtype, products accumulated in float32. Backward as
   mixed precision does it (PyTorch autocast too): the incoming float32 cotangent is
@@ -285,6 +288,38 @@ class PostNormBlock(nn.Module):
     return rms_norm(h_BxLxD + mlp, self.rms_norm_eps).astype(dtype)
 
 
+# Rematerialisation of the blocks under differentiation (`remat`):
+#   "none"   keep every intermediate the backward pass needs (fastest);
+#   "blocks" keep only each block's input, recompute the block in the backward
+#            pass (least memory: one block's intermediates alive at a time);
+#   "dots"   keep the outputs of the projection matmuls (every `_matmul`, named
+#            PROJECTION), recompute the rest: attention scores and
+#            probabilities (the B x H x L x L tensors: the bulk of the memory at
+#            30x30 grids with dense attention), norms, RoPE, SiLU. Cheaper to
+#            recompute than "blocks" (no projection matmul is redone) for most
+#            of its saving. It is JAX's `dots_with_no_batch_dims_saveable` made
+#            to see our bf16 matmuls: they are a custom_vjp, whose dot_general
+#            that policy cannot see (with it, "dots" was "blocks" in bf16).
+# Without differentiation (the no-grad updates, evaluation) a checkpoint is
+# inlined as is: the forward computation is unchanged.
+PROJECTION = "projection"
+REMAT_POLICIES = {
+    "none": None,
+    "blocks": None,
+    "dots": jax.checkpoint_policies.save_only_these_names(PROJECTION),
+}
+
+
+def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
+  """`block_cls` wrapped by the `remat` policy (see REMAT_POLICIES); same parameters."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: use one of {sorted(REMAT_POLICIES)} "
+                     "(config.model.remat).")
+  if remat == "none":
+    return block_cls
+  return nn.remat(block_cls, policy=REMAT_POLICIES[remat])
+
+
 class ReasoningModule(nn.Module):
   """One H or L update: add the input injection, then run the block stack."""
   num_layers: int
@@ -292,11 +327,13 @@ class ReasoningModule(nn.Module):
   expansion: float
   rms_norm_eps: float
   attention_impl: str = "auto"
+  remat: str = "none"  # REMAT_POLICIES
 
   @nn.compact
   def __call__(self, z_BxLxD: Array, injection_BxLxD: Array, cos_sin) -> Array:
     h_BxLxD = z_BxLxD + injection_BxLxD
+    block = remat_block(PostNormBlock, self.remat)
     for i in range(self.num_layers):
-      h_BxLxD = PostNormBlock(self.num_heads, self.expansion, self.rms_norm_eps,
-                              self.attention_impl, name=f"layers_{i}")(h_BxLxD, cos_sin)
+      h_BxLxD = block(self.num_heads, self.expansion, self.rms_norm_eps,
+                      self.attention_impl, name=f"layers_{i}")(h_BxLxD, cos_sin)
     return h_BxLxD
