@@ -34,7 +34,7 @@ import jax
 import ml_collections
 
 from hrm_jax import sharding, steps
-from hrm_jax.models import hrm
+from hrm_jax.models import hrm, trm
 
 _DTYPES = flags.DEFINE_list(
     "dtypes", ["bfloat16", "float32"],
@@ -58,6 +58,19 @@ def small_config(H_cycles: int, L_cycles: int, dtype: str) -> hrm.HRMConfig:
       seq_len=81, vocab_size=11, num_puzzle_identifiers=1000, puzzle_emb_ndim=128,
       H_cycles=H_cycles, L_cycles=L_cycles, H_layers=2, L_layers=2,
       hidden_size=128, num_heads=4, halt_max_steps=8, forward_dtype=dtype)
+
+
+# TRM: T = H_cycles cycles at a fixed n = L_cycles; its gradient runs through the
+# n + 1 calls of the last cycle, so memory may grow with n but must not with T.
+TRM_CYCLES = (1, 2, 4, 8)
+TRM_N = 2
+
+
+def small_trm_config(H_cycles: int, dtype: str) -> trm.TRMConfig:
+  return trm.TRMConfig(
+      seq_len=81, vocab_size=11, num_puzzle_identifiers=1000, puzzle_emb_ndim=128,
+      puzzle_emb_len=1, H_cycles=H_cycles, L_cycles=TRM_N, L_layers=2, hidden_size=128,
+      num_heads=4, halt_max_steps=8, forward_dtype=dtype)
 
 
 def measure(cfg, batch_size: int) -> dict[str, float]:
@@ -112,9 +125,22 @@ def main(argv):
         "bptt_ratio_64_over_4": round(temps["bptt"]["64"] / temps["bptt"]["4"], 3),
     }
 
+  print(f"\nTRM (n = L_cycles = {TRM_N}, 2 layers, same shapes): T = H_cycles cycles")
+  trm_temps = {}
+  for dtype in _DTYPES.value:
+    for T in TRM_CYCLES:
+      r = measure(small_trm_config(T, dtype), B)
+      trm_temps.setdefault(dtype, {})[str(T)] = round(r["temp_mb"], 3)
+      print(f"{dtype:>8} {'trm':>9} {f'T={T}':>6} {T * (TRM_N + 1):>4} "
+            f"{r['temp_mb']:>9.2f} {r['argument_mb']:>8.2f} {r['output_mb']:>7.2f} "
+            f"{r['alias_mb']:>8.2f} {r['compile_s']:>9.1f}", flush=True)
+
   primary = _DTYPES.value[0]
   report = {"dtype": primary, "batch_size": B, **summary(primary),
             "by_dtype": {d: summary(d) for d in _DTYPES.value}}
+  first, last = str(TRM_CYCLES[0]), str(TRM_CYCLES[-1])
+  report["trm"] = {d: {"temp_mb": t, f"ratio_T{last}_over_T{first}":
+                       round(t[last] / t[first], 3)} for d, t in trm_temps.items()}
   failures = [d for d in _DTYPES.value
               if report["by_dtype"][d]["one_step_ratio_64_over_4"] > _MAX_RATIO.value]
   for d in failures:
@@ -122,6 +148,11 @@ def main(argv):
           f"{report['by_dtype'][d]['one_step_ratio_64_over_4']}x from N*T=4 to 64 "
           f"(allowed {_MAX_RATIO.value}x): something of the no-gradient updates is "
           "kept for the backward pass.")
+  for d, r in report["trm"].items():
+    if r[f"ratio_T{last}_over_T{first}"] > _MAX_RATIO.value:
+      failures.append(d)
+      print(f"FAIL ({d}): TRM temp memory grows {r[f'ratio_T{last}_over_T{first}']}x "
+            f"from T={first} to T={last} cycles: the no-gradient cycles are kept.")
   print(json.dumps(report))
   sys.exit(1 if failures else 0)
 

@@ -4,8 +4,17 @@ Every experiment file exposes `get_config(arg=None)` and `sweep(add)`. The
 argument is a comma-separated list of variant tokens: none = the paper's
 configuration (accelerators), `cpu` = a small model and dataset that learn on a
 2-core CPU in minutes, `smoke` = seconds, for tests; files add their own (e.g.
-`arc2`), and tokens combine (`experiments/arc.py:arc2,cpu`).
+`arc2`), and tokens combine (`experiments/arc.py:arc2,cpu`). Each file lists
+its tokens in a module-level `VARIANTS` tuple, which `list_experiments` reads
+(without importing the file) for `python -m hrm_jax.main --help`.
 """
+import ast
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import sys
+
 import ml_collections
 
 from hrm_jax import cpu_kind, data, models
@@ -23,6 +32,61 @@ def parse_arg(arg: str | None, known: tuple[str, ...]) -> frozenset[str]:
     raise ValueError(f"Unknown config variant(s) {unknown}; known: {list(known)} "
                      "(combine with commas, e.g. experiments/arc.py:arc2,cpu).")
   return tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """One experiment file: its path (as a user would type it), the first line of
+  its docstring and its variant tokens."""
+  path: str
+  summary: str
+  variants: tuple[str, ...]
+
+
+def _display_path(file: pathlib.Path) -> str:
+  try:
+    return os.path.relpath(file) if not os.path.relpath(file).startswith("..") else str(file)
+  except ValueError:  # another drive
+    return str(file)
+
+
+def list_experiments() -> list[Experiment]:
+  """Every experiment file next to this one, read with `ast` (nothing is run)."""
+  found = []
+  for file in sorted(pathlib.Path(__file__).resolve().parent.glob("*.py")):
+    if file.name in ("__init__.py", "common.py"):
+      continue
+    tree = ast.parse(file.read_text(), str(file))
+    variants = ()
+    for node in tree.body:
+      if (isinstance(node, ast.Assign) and len(node.targets) == 1
+          and getattr(node.targets[0], "id", None) == "VARIANTS"):
+        variants = tuple(ast.literal_eval(node.value))
+    summary = (ast.get_docstring(tree) or "").strip().splitlines()
+    found.append(Experiment(_display_path(file), summary[0] if summary else "",
+                            variants))
+  return found
+
+
+def load_experiment(path: str):
+  """Imports an experiment file by path, as `--config=PATH` does."""
+  name = f"_hrm_experiment_{pathlib.Path(path).stem}"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def field_paths(config, prefix: str = "") -> list[str]:
+  """Every leaf field of a config as a dotted path ("opt.lr", "seed", ...)."""
+  paths = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += field_paths(value, f"{prefix}{key}.")
+    else:
+      paths.append(f"{prefix}{key}")
+  return paths
 
 
 def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
@@ -79,6 +143,9 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   # A workdir (or `convert` output) whose weights start a fresh run (fine-tuning);
   # ignored when WORKDIR has its own checkpoint (resume order in hrm_jax/train.py).
   c.init_from = ""
+  # > 0: a jax.profiler trace of this many steps, started after the first progress
+  # line (compilation over), written to WORKDIR/profile (TensorBoard / Perfetto).
+  c.profile_steps = 0
   return c
 
 
@@ -94,14 +161,31 @@ def small_sample_paper_settings(c: ml_collections.ConfigDict) -> None:
   c.opt.puzzle_emb_weight_decay = 1.0
 
 
+def trm_paper_settings(c: ml_collections.ConfigDict, L_cycles: int,
+                       mlp_t: bool = False) -> None:
+  """The TRM family with the README's settings common to every TRM run (spec §5):
+  hidden 512, 8 heads, 2 layers, T = H_cycles 3, n = `L_cycles`, N_sup 16, 16
+  prefix tokens, bf16; EMA 0.999. `mlp_t`: the token-mixing MLP with no positions
+  (Sudoku-MLP); otherwise attention with RoPE."""
+  c.model = ml_collections.ConfigDict(models.default_fields("trm"))
+  c.model.L_cycles = L_cycles
+  c.model.mlp_t = mlp_t
+  c.model.pos_encodings = "none" if mlp_t else "rope"
+  c.ema_rate = 0.999
+
+
 def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 2,
                    layers: int = 1, dtype: str = "float32") -> None:
-  """A tiny HRM (float32 unless told: `cpu_recipe` asks for bfloat16, faster there)."""
+  """A tiny model of the config's family (float32 unless told: `cpu_recipe` asks
+  for bfloat16, faster there)."""
   c.model.hidden_size = hidden
   c.model.num_heads = heads
   c.model.puzzle_emb_ndim = hidden
-  c.model.H_layers = layers
-  c.model.L_layers = layers
+  for field in ("H_layers", "L_layers"):  # the layer counts this family has
+    if field in c.model and c.model[field] > 0:
+      c.model[field] = layers
+  if "puzzle_emb_len" in c.model:  # TRM: one prefix token for a small model
+    c.model.puzzle_emb_len = 1
   c.model.forward_dtype = dtype
   c.mesh = "data:-1,fsdp:1"
 
@@ -140,11 +224,23 @@ def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) 
   c.log_every_steps = 50
 
 
+def trm_cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) -> None:
+  """A tiny TRM for 2 cores: `cpu_recipe`'s optimiser and batch, T = 2 cycles of
+  n = 2 latent updates (6 network calls a segment, 3 differentiated), one prefix
+  token, EMA 0.99 (0.999 averages over more steps than the run has)."""
+  cpu_recipe(c, total_steps, eval_every)
+  c.model.H_cycles = 2
+  c.model.L_cycles = 2
+  c.ema_rate = 0.99
+
+
 def smoke(c: ml_collections.ConfigDict) -> None:
   """Seconds-long runs for tests: a few steps of a minute model on tiny data."""
   shrink_for_cpu(c, hidden=32, heads=2, layers=1)
-  c.model.H_cycles = 1
-  c.model.L_cycles = 2
+  if "H_cycles" in c.model:  # TRM: 2, so that one cycle runs without gradient
+    c.model.H_cycles = 2 if c.model.arch == "trm" else 1
+  if "L_cycles" in c.model:
+    c.model.L_cycles = 2
   c.model.halt_max_steps = 2
   c.batch_size = 16
   c.total_steps = 4

@@ -27,14 +27,27 @@ CPU (2 cores): small mazes with the same charset and rules:
   python -m hrm_jax.main --config=experiments/maze.py:cpu --workdir=/tmp/hrm_maze_cpu
 Measured on a 2-core CPU (BUILD_NOTES.md): 91% exact on 512 held-out 7x7 mazes
 after 2000 steps (10 minutes, data and compilation included), 99% at 3000 (15 min).
+
+TRM (arXiv 2510.04871):
+  :trm      TRM-Att on Maze-Hard (n = 4, EMA 0.999, 50k epochs, eval every 5k: 65,104
+            steps; 4 L40S, < 24 h in the paper). Expected ~0.85 (paper 85.3%;
+            6,822,914 params).
+  :trm,cpu  a tiny TRM on the CPU variant's 7x7 mazes (BUILD_NOTES.md).
 """
 from experiments import common
 
 
+# Variant tokens of --config=experiments/maze.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("cpu", "smoke", "trm", "1gpu")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("cpu", "smoke", "1gpu"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("maze")
   common.small_sample_paper_settings(c)
+  if "trm" in tokens:
+    common.trm_paper_settings(c, L_cycles=4)
+    c.epochs, c.eval.every_epochs = 50000, 5000  # TRM README
 
   if "cpu" in tokens:
     # 7x7 mazes (49 cells), shortest path > 8 moves. The Sudoku recipe, but at
@@ -43,7 +56,8 @@ def get_config(arg: str | None = None):
     c.data.grid_size = 7
     c.data.train_size = 20000
     c.data.test_size = 512
-    common.cpu_recipe(c, total_steps=3000, eval_every=500)
+    (common.trm_cpu_recipe if "trm" in tokens else common.cpu_recipe)(
+        c, total_steps=3000, eval_every=500)
     c.opt.lr = 1e-3
     c.opt.puzzle_emb_lr = 1e-3
   elif "smoke" in tokens:

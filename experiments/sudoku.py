@@ -10,15 +10,29 @@ Without the CSV files, `source=generate` builds hard 9x9 puzzles locally.
 CPU (2 cores, minutes): 6x6 boards, a tiny HRM, >= 90% exact accuracy on
 held-out puzzles:
   python -m hrm_jax.main --config=experiments/sudoku.py:cpu --workdir=/tmp/hrm_sudoku_cpu
+
+TRM (the Tiny Recursive Model, arXiv 2510.04871), same data:
+  :trm      TRM-MLP, the paper's best Sudoku model (token-mixing MLP, no positions,
+            n = 6, EMA 0.999, 50k epochs, eval every 5k: 65,104 steps at batch 768;
+            1 L40S, < 36 h in the paper). Expected ~0.87 (paper 87.4%; 5,028,866 params).
+  :trm_att  TRM-Att (self-attention, RoPE): paper 74.7% (6,828,034 params).
+  :trm,cpu  a tiny TRM-MLP on the CPU variant's 6x6 boards (BUILD_NOTES.md).
 """
 from experiments import common
 
 
+# Variant tokens of --config=experiments/sudoku.py:TOKEN[,TOKEN] (none = the paper's).
+VARIANTS = ("cpu", "smoke", "trm", "trm_att")
+
+
 def get_config(arg: str | None = None):
-  tokens = common.parse_arg(arg, ("cpu", "smoke"))
+  tokens = common.parse_arg(arg, VARIANTS)
   c = common.base_config("sudoku")
   common.small_sample_paper_settings(c)
   c.eval.max_batches = -1  # the full test set, as the paper
+  if tokens & {"trm", "trm_att"}:
+    common.trm_paper_settings(c, L_cycles=6, mlp_t="trm_att" not in tokens)
+    c.epochs, c.eval.every_epochs = 50000, 5000  # TRM README
 
   if "cpu" in tokens:
     # Measured on 2 cores (BUILD_NOTES.md): 97% exact on 512 held-out boards in
@@ -30,7 +44,10 @@ def get_config(arg: str | None = None):
     c.data.train_size = 20000  # fresh boards beat augmenting few (835 boards/s)
     c.data.num_aug = 0
     c.data.test_size = 512
-    common.cpu_recipe(c, total_steps=1600, eval_every=400)
+    if tokens & {"trm", "trm_att"}:
+      common.trm_cpu_recipe(c, total_steps=1600, eval_every=400)
+    else:
+      common.cpu_recipe(c, total_steps=1600, eval_every=400)
     c.eval.halt_max_steps = 8  # inference-time scaling: 8 segments (trained with 4)
   elif "smoke" in tokens:
     common.smoke(c)

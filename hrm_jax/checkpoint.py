@@ -12,21 +12,31 @@ Each checkpoint step holds four items, saved together so they always agree:
   `solve` tool (`Checkpointer.read_config`).
 
 Resume policy (`restore_latest`): newest step first; a step that cannot be
-read (truncated or corrupt files, e.g. a save killed half-way) is skipped with
-a warning and the previous one is tried. A step whose array shapes do not fit
-the target is a configuration error, not corruption: it raises at once,
-naming every mismatching parameter path, instead of crashing deep inside
-tensorstore or silently resuming from an older step.
+read (truncated or corrupt files) is skipped with a warning and the previous
+one is tried. Once an older step restored, every newer unreadable step is
+moved aside to `checkpoints/corrupt/<step>-<time>` (kept for inspection,
+outside orbax's step listing, never read again), so the run saves that step
+afresh when it reaches it instead of keeping a corrupt newest checkpoint
+forever. A step whose array shapes do not fit the target is a configuration
+error, not corruption: it raises at once, naming every mismatching parameter
+path, instead of crashing deep inside tensorstore or silently resuming from
+an older step. A save killed half-way (kill -9, a full disk) leaves only
+orbax's temporary directory, which is not a step and is removed on the next
+start.
 
 Weights only (`restore_weights`): the tools and fine-tuning restore just
 `params`, `buffers`, `puzzle_emb` (and `ema` when saved) from the state item,
-so no optimiser has to be built to match its tree. `save_weights` writes such
-a checkpoint alone (what `convert` makes of a released PyTorch model).
+so no optimiser has to be built to match its tree. They load the newest step
+or fail loudly, naming it (`CorruptCheckpointError`): answering from an older
+step without saying so would pass off another model as this run's.
+`save_weights` writes such a checkpoint alone (what `convert` makes of a
+released PyTorch model).
 
 Paths go through etils.epath so the workdir may be local or gs://.
 """
 import json
 import os
+import time
 from typing import Any, Mapping
 
 from absl import logging
@@ -34,11 +44,16 @@ from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from hrm_jax import tree_shapes
 from orbax.checkpoint import checkpoint_managers as save_decision_lib
 
 PyTree = Any
 
 CHECKPOINT_DIR = "checkpoints"
+# Unreadable steps are moved here (a sub-directory: orbax reads a top-level
+# name such as "corrupt_4" as step 4).
+CORRUPT_DIR = "corrupt"
 _STATE, _CARRY, _DATA, _CONFIG = "state", "carry", "data", "config"
 # The state entries a trained model is made of (`state.Weights`, + the EMA).
 WEIGHT_KEYS = ("params", "buffers", "puzzle_emb", "ema")
@@ -50,6 +65,10 @@ class CheckpointMismatchError(ValueError):
 
 class WeightsOnlyError(ValueError):
   """A weights-only checkpoint was asked for a full training state."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """No usable checkpoint: every step (or the one asked for) is unreadable."""
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -78,34 +97,6 @@ def _to_json(tree: ml_collections.ConfigDict | Mapping[str, Any]):
   return json.loads(json.dumps(dict(tree), default=_json_default))
 
 
-def flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  """`"a/b/0/c" -> shape` for every array-like leaf, in orbax's key scheme.
-
-  Orbax stores a pytree by its serialised form (custom nodes such as optax
-  namedtuples become dicts/lists keyed by field name/index), so both the
-  target and the saved metadata are brought into that form before comparing.
-  """
-  serialized = ocp.tree.serialize_tree(tree, keep_empty_nodes=True)
-  flat = ocp.tree.to_flat_dict(serialized)
-  return {
-      "/".join(str(k) for k in path): tuple(leaf.shape)
-      for path, leaf in flat.items()
-      if hasattr(leaf, "shape")
-  }
-
-
-Shape = tuple[int, ...]
-
-
-def diff_shapes(have: Mapping[str, Shape], want: Mapping[str, Shape]
-                ) -> list[tuple[str, Shape | None, Shape | None]]:
-  """`(path, have_shape, want_shape)` for every path whose shape differs between
-  two flat `path -> shape` maps, sorted by path; None where a side lacks it."""
-  return [(path, have.get(path), want.get(path))
-          for path in sorted(have.keys() | want.keys())
-          if have.get(path) != want.get(path)]
-
-
 def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
   """Raises CheckpointMismatchError unless every saved shape fits `target`.
 
@@ -115,15 +106,8 @@ def check_fits(item: str, saved_metadata: PyTree, target: PyTree) -> None:
     target: the abstract pytree about to be restored into.
   """
   saved_tree = getattr(saved_metadata, "tree", saved_metadata)
-  problems = []
-  for path, saved, wanted in diff_shapes(flat_shapes(saved_tree), flat_shapes(target)):
-    if saved is None:
-      problems.append(f"  {item}/{path}: missing in checkpoint (target shape {wanted})")
-    elif wanted is None:
-      problems.append(f"  {item}/{path}: in checkpoint (shape {saved}) but not in target")
-    else:
-      problems.append(f"  {item}/{path}: checkpoint shape {saved} != "
-                      f"target shape {wanted}")
+  problems = tree_shapes.mismatches(saved_tree, target, "checkpoint", "target",
+                                    prefix=f"{item}/")
   if problems:
     raise CheckpointMismatchError(
         f"Checkpoint item {item!r} does not fit the model/optimiser being "
@@ -180,6 +164,9 @@ class Checkpointer:
         max_to_keep=max_to_keep,
         save_decision_policy=policy,
         enable_async_checkpointing=async_save,
+        # A save killed half-way leaves <step>.orbax-checkpoint-tmp*; not a
+        # step, but clutter: removed when the manager opens.
+        cleanup_tmp_directories=True,
         create=True)
     self._manager = ocp.CheckpointManager(
         self._directory, options=options, handler_registry=_handler_registry())
@@ -294,15 +281,16 @@ class Checkpointer:
     Raises:
       CheckpointMismatchError: the newest readable checkpoint's shapes or
         tree do not fit the targets (message lists each offending path).
-      RuntimeError: checkpoints exist but none of them could be read; we do
-        not silently start from scratch over a run's history.
+      CorruptCheckpointError (a RuntimeError): checkpoints exist but none of
+        them could be read; we do not silently start from scratch over a
+        run's history (and move nothing aside then).
     """
     self._manager.wait_until_finished()
     self._manager.reload()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
-    failures = []
+    failures, unreadable = [], []
     for step in steps:
       try:
         state, carry, data_state = self._restore_step(
@@ -315,15 +303,43 @@ class Checkpointer:
         logging.warning(
             "Checkpoint of step %d in %s is unreadable (%s: %s); falling "
             "back to the previous checkpoint.", step, self._directory,
-            type(e).__name__, e)
-        failures.append(f"step {step}: {type(e).__name__}: {e}")
+            type(e).__name__, _first_line(e))
+        failures.append(f"step {step}: {type(e).__name__}: {_first_line(e)}")
+        unreadable.append(step)
         continue
+      for bad in unreadable:
+        self._move_aside(bad)
       logging.info("Restored checkpoint of step %d from %s", step,
                    self._directory)
       return step, state, carry, data_state
-    raise RuntimeError(
-        f"No readable checkpoint in {self._directory}; fix or remove it:\n" +
-        "\n".join(failures))
+    raise CorruptCheckpointError(
+        f"No readable checkpoint in {self._directory} (steps "
+        f"{', '.join(map(str, sorted(unreadable)))}); nothing was moved or deleted. "
+        "Restore the directory from a backup, or move it away to start the run "
+        "afresh:\n" + "\n".join(failures))
+
+  def corrupt_directory(self) -> epath.Path:
+    """Where unreadable steps are moved (`checkpoints/corrupt/`)."""
+    return self._directory / CORRUPT_DIR
+
+  def _move_aside(self, step: int) -> None:
+    """Moves the unreadable `step` to checkpoints/corrupt/<step>-<time> (once,
+    by process 0, after every process has finished reading), so it is never
+    read again and the step can be saved anew."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"hrm_jax move aside step {step}")
+    if jax.process_index() == 0:
+      target = self.corrupt_directory() / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (self._directory / str(step)).rename(target)
+      logging.warning("Moved the unreadable checkpoint of step %d to %s (kept for "
+                      "inspection, never read again); step %d can be saved afresh.",
+                      step, target, step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"hrm_jax moved aside step {step}")
+    self._manager.reload()
 
   def reached_preemption(self, step: int) -> bool:
     """True at the step all processes agreed to save at after a preemption
@@ -340,46 +356,57 @@ class Checkpointer:
 
   def restore_weights(self, sharding: jax.sharding.Sharding | None = None,
                       step: int | None = None) -> tuple[int, dict[str, PyTree]]:
-    """Restores only the model's weights of the newest readable step (or `step`).
+    """Restores only the model's weights of the newest (or the given) step.
 
     Restores `params`, `buffers`, `puzzle_emb` and, when the run kept one,
     `ema`, in their saved shapes and dtypes, onto `sharding` (default: the
-    first device); the optimiser state is never read.
+    first device); the optimiser state is never read. An unreadable step is
+    an error naming it, never a silent answer from an older step.
 
     Returns:
       (step, {key: pytree}) for the keys of WEIGHT_KEYS that were saved.
 
     Raises:
-      FileNotFoundError: no checkpoint; RuntimeError: none readable.
+      FileNotFoundError: no checkpoint (or no such step).
+      CorruptCheckpointError: the step is unreadable.
     """
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     self._manager.reload()
-    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    steps = sorted(self._manager.all_steps())
     if not steps:
       raise FileNotFoundError(f"No checkpoints in {self._directory}.")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise FileNotFoundError(f"No checkpoint of step {step} in {self._directory} "
+                              f"(it has steps {steps}).")
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(_STATE, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
-    failures = []
     with ocp.CheckpointManager(self._directory, handler_registry=registry,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-      for s in steps:
-        try:
-          saved = self._manager.item_metadata(s)[_STATE]
-          saved = getattr(saved, "tree", saved)
-          target = {k: jax.tree.map(
-              lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-              saved[k]) for k in WEIGHT_KEYS if saved.get(k) is not None}
-          restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
-                                      target)
-          restored = m.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeRestore(
-              target, restore_args=restore_args, partial_restore=True)}))
-          return s, dict(restored[_STATE])
-        except Exception as e:  # pylint: disable=broad-exception-caught
-          logging.warning("Checkpoint of step %d in %s is unreadable (%s: %s).", s,
-                          self._directory, type(e).__name__, e)
-          failures.append(f"step {s}: {type(e).__name__}: {e}")
-    raise RuntimeError(f"No readable checkpoint in {self._directory}:\n" +
-                       "\n".join(failures))
+      try:
+        saved = self._manager.item_metadata(step)[_STATE]
+        saved = getattr(saved, "tree", saved)
+        target = {k: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            saved[k]) for k in WEIGHT_KEYS if saved.get(k) is not None}
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
+                                    target)
+        restored = m.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeRestore(
+            target, restore_args=restore_args, partial_restore=True)}))
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        older = [s for s in steps if s < step]
+        fix = ("rerun the training command once: it moves the step to "
+               f"{self.corrupt_directory()}/ and resumes from step {older[-1]}, or move "
+               f"{self._directory / str(step)} away yourself to use step {older[-1]}"
+               if older else "it is the only checkpoint: retrain, or restore it from a "
+               "backup")
+        raise CorruptCheckpointError(
+            f"The checkpoint of step {step} in {self._directory} is unreadable "
+            f"({type(e).__name__}: {_first_line(e)}); not falling back to an older "
+            f"step silently: {fix}.") from None
+    logging.info("Loaded the weights of step %d from %s.", step, self._directory)
+    return step, dict(restored[_STATE])
 
   @staticmethod
   def read_config(workdir: epath.PathLike,
@@ -409,3 +436,10 @@ class Checkpointer:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+  """The first line of an error message, cut: tensorstore's run to pages."""
+  text = str(exc).strip().splitlines()
+  line = text[0] if text else ""
+  return line if len(line) <= limit else line[:limit] + "..."

@@ -41,8 +41,8 @@ of producing garbage later.
 """
 import dataclasses
 import json
+import logging as std_logging
 import os
-import sys
 from typing import Any, Mapping
 
 from absl import app
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import checkpoint, data, models, torch_import, workdir
+from hrm_jax import checkpoint, data, errors, models, torch_import, workdir
 from hrm_jax.torch_names import torch_state_to_variables
 
 
@@ -213,21 +213,18 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # orbax logs every save step at INFO.
+  errors.tool_logging("hrm_jax.convert", argv, level=std_logging.WARNING)
   f = flags.FLAGS
-  if not f["verbosity"].present:  # orbax logs every save step at INFO
-    logging.set_verbosity(logging.WARNING)
-  if not f.torch_checkpoint or not f.out:
-    raise app.UsageError("--torch_checkpoint and --out are required.")
   try:
+    if not f.torch_checkpoint or not f.out:
+      raise errors.UsageError("--torch_checkpoint and --out are required.")
     config = convert_file(f.torch_checkpoint, f.out, f.config_yaml,
                           _parse_overrides(f.override), f.overwrite, f.family,
                           f.identifiers)
-  except (FileNotFoundError, FileExistsError, ImportError, KeyError, TypeError,
-          ValueError) as e:
-    message = e.args[0] if e.args else repr(e)
-    sys.exit(f"hrm_jax.convert: error: {message}")
+  except (OSError, ImportError, KeyError, TypeError, ValueError) as e:
+    # A state dict of another shape fails as KeyError/TypeError: the user's input.
+    errors.fail("hrm_jax.convert", e, hint=False, default_code=errors.RUNTIME)
   print(f"Wrote {f.out}: {config}")
 
 

@@ -1,6 +1,6 @@
 """Where scalar metrics go: JSON lines, TensorBoard, the console.
 
-One small interface (`write_scalars`, `flush`, `close`) with one class per
+One small interface (`write_scalars`, `write_hparams`, `flush`, `close`) with one class per
 sink, so the trainer writes each metric dict once and does not care where it
 ends up. `writers_for_process` gives process 0 all sinks and every other
 process a no-op, because in a multi-host run every process computes the same
@@ -9,6 +9,9 @@ process a no-op, because in a multi-host run every process computes the same
 `metrics.jsonl` is the durable record: plain text, one object per line,
 appended to on resume, readable without TensorFlow (`read_jsonl_metrics`, used
 by the visualiser). TensorBoard is for watching a run live.
+
+TensorBoard also gets the run's config as hparams (its HPARAMS tab compares
+runs by them) and the trainer's `perf/steps_per_s`, `perf/examples_per_s`.
 
 `ProgressReporter` turns step timing into the one console line a human reads:
 step, loss, accuracy, steps/s, examples/s and ETA.
@@ -41,6 +44,12 @@ class MetricWriter(abc.ABC):
   @abc.abstractmethod
   def write_scalars(self, step: int, scalars: Scalars) -> None:
     """Records `scalars` (name -> number) at `step`."""
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """Records the run's hyperparameters (flat name -> number, bool or str);
+    sinks without such a notion ignore them (the JSONL record of the config is
+    WORKDIR/config.json)."""
+    del hparams
 
   def flush(self) -> None:
     """Makes everything written so far durable/visible."""
@@ -119,6 +128,18 @@ class TensorBoardWriter(MetricWriter):
     for name, value in scalars.items():
       self._writer.add_scalar(name, _to_float(value), global_step=int(step))
 
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """The HPARAMS-tab records, in this run's own event file (tensorboardX's
+    `add_hparams` would open a second run directory); the metrics it lists
+    are the eval scalars written under the same tags."""
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+              for k, v in hparams.items()}
+    metrics = {tag: 0.0 for tag in ("eval/exact_accuracy", "eval/accuracy", "eval/loss")}
+    writer = self._writer._get_file_writer()  # pylint: disable=protected-access
+    for record in summary.hparams(values, metrics):
+      writer.add_summary(record)
+
   def flush(self) -> None:
     self._writer.flush()
 
@@ -143,6 +164,10 @@ class MultiWriter(MetricWriter):
     for writer in self._writers:
       writer.write_scalars(step, scalars)
 
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_hparams(hparams)
+
   def flush(self) -> None:
     for writer in self._writers:
       writer.flush()
@@ -150,6 +175,22 @@ class MultiWriter(MetricWriter):
   def close(self) -> None:
     for writer in self._writers:
       writer.close()
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+  """`{"opt.lr": 1e-4, ...}` of a ConfigDict or dict: numbers, bools and strings
+  as they are, anything else (tuples, None) as its str."""
+  items = config.items() if hasattr(config, "items") else []
+  flat = {}
+  for key, value in items:
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      flat.update(flatten_config(value, name + "."))
+    elif isinstance(value, (bool, int, float, str)):
+      flat[name] = value
+    else:
+      flat[name] = str(value)
+  return flat
 
 
 def writers_for_process(workdir: epath.PathLike, process_index: int,
@@ -281,17 +322,19 @@ class ProgressReporter:
     self._examples_per_step = examples_per_step
     self._clock = clock
     self._last: tuple[int, float] | None = None
+    self.steps_per_sec: float | None = None
 
-  def report(self, step: int, metrics: Scalars | None = None) -> str:
+  def report(self, step: int, metrics: Scalars | None = None, log: bool = True) -> str:
     """Logs and returns the progress line for `step`.
 
     Args:
       step: updates done.
       metrics: optional scalars; the loss and accuracy keys are shown if
         present.
+      log: log the line (False: only measure, e.g. on processes other than 0).
 
     Returns:
-      The line that was logged.
+      The line; `steps_per_sec` holds the rate it shows (None on the first).
     """
     now = self._clock()
     rate = None
@@ -302,8 +345,10 @@ class ProgressReporter:
     self._last = (step, now)
     metrics = metrics or {}
     get = lambda k: _to_float(metrics[k]) if k in metrics else None
+    self.steps_per_sec = rate
     line = format_progress(step, self._total_steps, rate,
                            self._examples_per_step, loss=get(self._loss_key),
                            accuracy=get(self._accuracy_key))
-    logging.info("%s", line)
+    if log:
+      logging.info("%s", line)
     return line

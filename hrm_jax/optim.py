@@ -14,6 +14,7 @@ This module owns everything that turns gradients into parameter changes
   whole run; the reference uses SignSGD on the rows seen ("Adam ≈ SignSGD if
   the gradient is very sparse") and so do we.
 * `build_optimizers`: both of the above from `config.opt` (`Optimizers`).
+* `ema_update`: TRM's exponential moving average of the weights (spec §4.4).
 
 Step convention: optax passes schedules the 0-based number of updates applied
 so far (`count`). The reference increments its step *before* the update, so
@@ -240,11 +241,27 @@ def build_optimizers(opt_cfg: ml_collections.ConfigDict, total_steps: int) -> Op
                     float(opt_cfg.puzzle_emb_weight_decay))
 
 
-def ema_update(shadow: optax.Params, params: optax.Params, rate: float) -> optax.Params:
-  """One step of the weights' exponential moving average (reference EMAHelper):
-  shadow <- rate * shadow + (1 - rate) * params, in float32, no bias correction
-  (optax.ema(debias=True) would be a different average)."""
-  return jax.tree.map(
-      lambda s, p: (rate * s.astype(jnp.float32)
-                    + (1.0 - rate) * p.astype(jnp.float32)).astype(s.dtype),
-      shadow, params)
+def ema_update(shadow: optax.Params, params: optax.Params,
+               rate: float) -> optax.Params:
+  """One EMA step of the weights: rate * shadow + (1 - rate) * params, in float32.
+
+  TRM's `EMAHelper` (spec §4.4, rate 0.999): the shadow starts as a copy of the
+  initial weights and is updated after every optimiser step (both optimisers
+  done); evaluation and checkpoints use it in place of the weights, with the
+  live puzzle-embedding table (a buffer there, so never averaged; pass the
+  dense params only). There is no bias correction or warm-up, unlike
+  `optax.ema(debias=True)`: the early shadow stays close to the initial weights.
+
+  Args:
+    shadow: the previous shadow (a pytree like `params`).
+    params: the weights after this step's update.
+    rate: the decay (`ema_rate`), the weight of the old shadow.
+
+  Returns:
+    The new shadow, float32 leaves.
+  """
+  def step(s, p):
+    return (rate * s.astype(jnp.float32)
+            + (1.0 - rate) * p.astype(jnp.float32)).astype(jnp.float32)
+
+  return jax.tree.map(step, shadow, params)

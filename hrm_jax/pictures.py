@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
 from matplotlib import patches
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
@@ -30,7 +31,8 @@ from hrm_jax.data import sudoku_solver
 WRONG = "#e41a1c"  # outline / text of a wrong cell
 GIVEN = "#111111"
 PREDICTED = "#1f5fbf"
-HALT = "#2ca02c"  # frame of the segment where the Q head halts
+HALT = "#2ca02c"  # frame of the segment where the Q head halts on a right answer
+CORRECT = HALT  # title of a segment whose answer is exact
 # Maze tokens: PAD, wall '#', open ' ', start 'S', goal 'G', path 'o'.
 MAZE_COLOURS = ["#ff00ff", "#2b2b2b", "#ffffff", "#2ca02c", "#ff7f0e", "#1f77b4"]
 # The ARC palette (colours 0..9) as in the ARC testing interface.
@@ -168,6 +170,43 @@ def render_grid(ax, family: str, tokens: np.ndarray, *, inputs: np.ndarray | Non
 
 
 # ------------------------------------------------------------------- output
+
+
+class PlainLogFormatter(ticker.LogFormatter):
+  """Log-axis tick labels as plain numbers (0.02, 1.5, 10) where matplotlib's
+  default writes 2x10^-2 and 1.5x10^0; the ticks labelled are the same."""
+
+  def __call__(self, x, pos=None):
+    return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_axis(axis) -> None:
+  """Puts `PlainLogFormatter` on a log-scaled matplotlib Axis (e.g. ax.yaxis)."""
+  axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+  axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False,
+                                             minor_thresholds=(2, 0.5)))
+
+
+def trajectory_legend(fig: Figure, family: str) -> None:
+  """The key of a trajectory figure, in the figure itself (a PNG is often seen
+  without the page around it)."""
+  handles = [
+      patches.Patch(facecolor="none", edgecolor=HALT, linewidth=3,
+                    label="Q head halts here: answer correct"),
+      patches.Patch(facecolor="none", edgecolor=WRONG, linewidth=3,
+                    label="Q head halts here: answer wrong"),
+      patches.Patch(facecolor="none", edgecolor=WRONG, linewidth=1.5,
+                    label="wrong cell"),
+  ]
+  inch = 1.0 / fig.get_figheight()  # the key's rows sit at fixed heights
+  fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False,
+             bbox_to_anchor=(0.5, 0.02 * inch))
+  fig.text(0.5, 0.34 * inch, LEGENDS.get(family, ""), ha="center", va="bottom",
+           fontsize=7, color="#444444")
+
+
+# Space to keep free under a figure's panels for `trajectory_legend`, in inches.
+LEGEND_INCHES = 0.6
 
 
 def new_figure(width: float, height: float) -> Figure:

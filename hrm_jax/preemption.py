@@ -1,11 +1,17 @@
 """When to stop and save: termination signals and JAX's preemption sync point.
 
 Schedulers and TPU maintenance send SIGTERM before killing a job; a user
-presses Ctrl-C. Either way the loop should finish the step it is in, save a
-checkpoint and exit, so that rerunning the same command resumes exactly.
+presses Ctrl-C (SIGINT). Either way the loop should finish the step it is in,
+save a checkpoint and exit, so that rerunning the same command resumes exactly.
 
-* One process: a Python handler records the signal (`StopFlag`); the loop
-  polls it at step boundaries.
+* One process, in the train loop: a Python handler records SIGTERM or SIGINT
+  (`StopFlag`); the loop polls it at step boundaries, saves and returns. After
+  a first Ctrl-C, SIGINT gets its default action back, so a second Ctrl-C ends
+  the process at once (the work since the last checkpoint is then lost).
+* One process, outside the loop (data build, compilation, evaluation set-up):
+  `raise_on_sigterm` turns SIGTERM into `Interrupted`, as Python already turns
+  SIGINT into KeyboardInterrupt, so `finally` blocks run: generator workers are
+  stopped and a half-built dataset is removed (`hrm_jax.data`).
 * Several processes: every process must take part in the save, at the same
   step. JAX's preemption service (started by `jax.distributed.initialize`)
   catches SIGTERM itself and agrees on a step across processes; the loop asks
@@ -14,11 +20,29 @@ checkpoint and exit, so that rerunning the same command resumes exactly.
   installed there (it would replace the service's), and no collective runs per
   step.
 """
+import contextlib
 import signal
 import threading
+from typing import Iterator
 
 import jax
 from absl import logging
+
+
+class Interrupted(BaseException):
+  """SIGTERM arrived while no train loop was there to save (set-up, data build).
+
+  A BaseException, as KeyboardInterrupt: `except Exception` in library code
+  must not swallow it.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(f"received {signal.Signals(signum).name}")
+    self.signum = signum
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
 
 
 class StopFlag:
@@ -35,9 +59,19 @@ class StopFlag:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: will save a checkpoint and stop at "
-                    "the next step boundary.", signum)
-    self.signal = signum
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      # The next Ctrl-C takes the default action (the process ends at once):
+      # a user who presses it twice does not want to wait for the save.
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+      logging.warning("Received %s: will save a checkpoint and stop at the next step "
+                      "boundary (press Ctrl-C again to abort at once, losing the work "
+                      "since the last checkpoint).", name)
+    else:
+      logging.warning("Received %s: will save a checkpoint and stop at the next step "
+                      "boundary.", name)
+    if self.signal is None:
+      self.signal = signum
     self._event.set()
 
   def __call__(self) -> bool:
@@ -51,12 +85,31 @@ class StopFlag:
 
 
 def install(signals: tuple[int, ...] | None = None) -> StopFlag:
-  """Records SIGTERM (one process) instead of dying; returns the flag.
+  """Records SIGTERM and SIGINT (one process) instead of dying; returns the flag.
 
   Must be called from the main thread (a Python signal rule). On several
-  processes SIGTERM is left to JAX's preemption service (see the module
+  processes the signals are left to JAX's preemption service (see the module
   docstring), so by default nothing is intercepted there.
   """
   if signals is None:
-    signals = (signal.SIGTERM,) if jax.process_count() == 1 else ()
+    signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else ()
   return StopFlag(signals)
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def raise_on_sigterm(enabled: bool = True) -> Iterator[None]:
+  """Within the block SIGTERM raises `Interrupted` (one process; see the module
+  docstring). `enabled=False` (several processes) changes nothing."""
+  if not enabled or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)

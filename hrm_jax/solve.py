@@ -33,18 +33,15 @@ Bad input exits with status 1 and a one-line message naming the problem;
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
-import sys
 from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
 
+from hrm_jax import errors as tool_errors
 from hrm_jax import inference
-from hrm_jax import log_filters
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import errors
 from hrm_jax.data import maze as maze_data
@@ -426,19 +423,15 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # orbax's read-only-manager warnings would bury the answer; ours stay.
+  tool_errors.tool_logging("hrm_jax.solve", argv)
   f = flags.FLAGS
-  if not f["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-    # orbax's read-only-manager warnings would bury the answer; ours stay.
-    logging.get_absl_handler().addFilter(log_filters.QuietLibraries(std_logging.ERROR))
   try:
     result = run(workdir=f.workdir, sudoku=f.sudoku, maze=f.maze, arc=f.arc,
                  halt_max_steps=f.halt_max_steps, adaptive=f.adaptive,
                  arc_variants=f.arc_variants, batch_size=f.batch_size)
-  except SolveError as e:
-    sys.exit(f"hrm_jax.solve: error: {e}")
+  except (SolveError, OSError) as e:
+    tool_errors.fail("hrm_jax.solve", e, hint=False)
   print(json.dumps(result) if f.json else format_text(result))
 
 

@@ -78,7 +78,8 @@ def train_step(state: state_lib.TrainState, carry: act.ACTCarry, batch: dict[str
                global_batch_size: int, ema_rate: float = 0.0):
   """One optimizer update on one ACT segment. See the module docstring."""
   rng = jax.random.fold_in(rng, state.step)
-  carry = act.reset_halted(carry, batch, state.buffers["H_init"], state.buffers["L_init"])
+  carry = act.reset_halted(carry, batch, *act.initial_states(
+      model, {"params": state.params, "buffers": state.buffers}))
   ids_B = carry.puzzle_identifiers_B
   rows_BxE = state.puzzle_emb[ids_B]
   loss_fn = functools.partial(_segment_loss, model=model, buffers=state.buffers,
@@ -184,7 +185,8 @@ def accumulated_train_step(state: state_lib.TrainState, carry: act.ACTCarry,
   n, k = mesh.devices.size, accum_steps
   m = global_batch_size // (n * k)
   rng = jax.random.fold_in(rng, state.step)
-  carry = act.reset_halted(carry, batch, state.buffers["H_init"], state.buffers["L_init"])
+  carry = act.reset_halted(carry, batch, *act.initial_states(
+      model, {"params": state.params, "buffers": state.buffers}))
   ids_B = carry.puzzle_identifiers_B
   rows_BxE = state.puzzle_emb[ids_B]
 

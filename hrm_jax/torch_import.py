@@ -19,19 +19,15 @@ from etils import epath
 import jax
 import numpy as np
 
-from hrm_jax import checkpoint, models
-from hrm_jax.models import hrm
+from hrm_jax import models, tree_shapes
 
 
 REFERENCE_CONFIG_FILE = "all_config.yaml"
 
-# `arch` fields of the reference's all_config.yaml that are HRMConfig fields
-# under the same name (the reference's pydantic model has them all).
-_REFERENCE_ARCH_FIELDS = (
-    "H_cycles", "L_cycles", "H_layers", "L_layers", "hidden_size", "expansion",
-    "num_heads", "pos_encodings", "rms_norm_eps", "rope_theta", "puzzle_emb_ndim",
-    "halt_max_steps", "halt_exploration_prob", "forward_dtype", "seq_len",
-    "vocab_size", "num_puzzle_identifiers")
+# Fields a reference run's config fixes that the tensors do not: warned about
+# when they fall back to the family's defaults.
+_UNDETERMINED = ("H_cycles", "L_cycles", "num_heads", "halt_max_steps",
+                 "halt_exploration_prob", "puzzle_emb_len", "pos_encodings")
 
 # Sequence lengths of the released checkpoints' datasets, for the error message
 # when a RoPE checkpoint leaves seq_len undetermined.
@@ -76,7 +72,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_reference_config(path: str | os.PathLike) -> dict[str, Any]:
-  """HRMConfig fields found in the reference's `all_config.yaml`.
+  """Model config fields found in the reference's `all_config.yaml` (HRM or TRM).
 
   The reference dumps its whole PretrainConfig there: the model fields sit under
   `arch`, the loss under `arch.loss.loss_type`. Unknown keys are ignored.
@@ -101,7 +97,10 @@ def read_reference_config(path: str | os.PathLike) -> dict[str, Any]:
   if not isinstance(arch, Mapping):
     raise ValueError(f"{os.fspath(path)!r} has no `arch:` section; is it the "
                      "all_config.yaml of an HRM run?")
-  fields = {k: arch[k] for k in _REFERENCE_ARCH_FIELDS if k in arch}
+  # Every scalar entry; `infer_config` keeps those the model family has (the
+  # reference's pydantic configs use our field names).
+  fields = {k: v for k, v in arch.items()
+            if k not in ("name", "loss") and not isinstance(v, (Mapping, list))}
   loss = arch.get("loss")
   if isinstance(loss, Mapping) and "loss_type" in loss:
     fields["loss_type"] = loss["loss_type"]
@@ -116,13 +115,31 @@ def _layer_count(level_params: Mapping[str, Any], level: str) -> int:
   return len(indices)
 
 
-def _fields_from_tensors(converted: Mapping[str, Any]) -> dict[str, Any]:
-  """The HRMConfig fields that the tensor shapes determine."""
+def arch_of(converted: Mapping[str, Any]) -> str:
+  """The model family of converted weights, from which networks they hold:
+  HRM has H_level and L_level, TRM one L_level, the transformer baseline one
+  H_level."""
+  params = converted["params"]
+  levels = {level for level in ("H_level", "L_level") if level in params}
+  if levels == {"H_level", "L_level"}:
+    return "hrm"
+  if levels == {"L_level"}:
+    return "trm"
+  if levels == {"H_level"}:
+    return "transformer"
+  raise ValueError("The state dict has neither H_level nor L_level layers: not an HRM, "
+                   "TRM or transformer-baseline checkpoint.")
+
+
+def _fields_from_tensors(converted: Mapping[str, Any], arch: str) -> dict[str, Any]:
+  """The config fields that the tensor shapes determine, and `num_positions`
+  (L, when the weights fix it: learned positions or token mixing)."""
   params = converted["params"]
   vocab_size, hidden_size = params["embed_tokens"]["embedding"].shape
   fields = {"vocab_size": int(vocab_size), "hidden_size": int(hidden_size)}
   for level in ("H", "L"):
-    fields[f"{level}_layers"] = _layer_count(params.get(f"{level}_level", {}), level)
+    if f"{level}_level" in params:
+      fields[f"{level}_layers"] = _layer_count(params[f"{level}_level"], level)
   table = converted["puzzle_emb"]
   if table is None:
     fields["puzzle_emb_ndim"] = 0
@@ -131,25 +148,30 @@ def _fields_from_tensors(converted: Mapping[str, Any]) -> dict[str, Any]:
       raise ValueError(f"puzzle_emb.weights has shape {table.shape}; expected "
                        "[num_puzzle_identifiers, puzzle_emb_ndim].")
     fields["num_puzzle_identifiers"], fields["puzzle_emb_ndim"] = map(int, table.shape)
+  if arch == "trm":
+    first = params["L_level"].get("layers_0", {})
+    fields["mlp_t"] = "mlp_t" in first
+    if fields["mlp_t"]:  # the token-mixing weights are [L, 2 * width]
+      fields["num_positions"] = int(first["mlp_t"]["gate_up_proj"]["kernel"].shape[0])
   if "embed_pos" in params:
     fields["pos_encodings"] = "learned"
-    num_positions = int(params["embed_pos"]["embedding"].shape[0])
-    prefix = -(fields["puzzle_emb_ndim"] // -fields["hidden_size"])
-    fields["seq_len"] = num_positions - prefix
-  else:
+    fields["num_positions"] = int(params["embed_pos"]["embedding"].shape[0])
+  elif fields.get("mlp_t"):
+    fields["pos_encodings"] = "none"
+  elif arch != "trm":  # a TRM without weights for positions: rope or none (config)
     fields["pos_encodings"] = "rope"
   return fields
 
 
 def infer_config(converted: Mapping[str, Any],
                  reference: Mapping[str, Any] | None = None,
-                 overrides: Mapping[str, Any] | None = None
-                 ) -> tuple[hrm.HRMConfig, dict[str, str]]:
-  """The HRMConfig of converted weights, and where each field came from.
+                 overrides: Mapping[str, Any] | None = None):
+  """The model config of converted weights, and where each field came from.
 
-  Precedence: `overrides` > the tensors > `reference` (all_config.yaml) >
-  HRMConfig defaults. A reference value that contradicts the tensors is an
-  error: it means the yaml belongs to another run.
+  The family comes from the networks the weights hold (`arch_of`). Precedence:
+  `overrides` > the tensors > `reference` (all_config.yaml) > the family's
+  defaults. A reference value that contradicts the tensors is an error: it
+  means the yaml belongs to another run.
 
   Args:
     converted: output of `torch_state_to_variables`.
@@ -164,11 +186,16 @@ def infer_config(converted: Mapping[str, Any],
     ValueError: contradictions, an undetermined seq_len, or weights whose
       shapes do not match the inferred config.
   """
-  known = {f.name: f for f in dataclasses.fields(hrm.HRMConfig)}
+  arch = arch_of(converted)
+  family = models.get(arch)
+  known = {f.name: f for f in dataclasses.fields(family.config)}
   fields, provenance = {}, {}
   for name, value in (reference or {}).items():
-    fields[name], provenance[name] = value, "all_config.yaml"
-  for name, value in _fields_from_tensors(converted).items():
+    if name in known:
+      fields[name], provenance[name] = value, "all_config.yaml"
+  from_tensors = _fields_from_tensors(converted, arch)
+  num_positions = from_tensors.pop("num_positions", None)
+  for name, value in from_tensors.items():
     if name in fields and _coerce(known[name], fields[name]) != value:
       raise ValueError(
           f"all_config.yaml says {name}={fields[name]!r} but the checkpoint's tensors "
@@ -177,25 +204,36 @@ def infer_config(converted: Mapping[str, Any],
     fields[name], provenance[name] = value, "tensors"
   for name, value in (overrides or {}).items():
     if name not in known:
-      raise ValueError(f"--override {name!r} is not an HRMConfig field; known: "
-                       f"{sorted(known)}.")
+      raise ValueError(f"--override {name!r} is not a field of the {arch!r} family; "
+                       f"known: {sorted(known)}.")
     fields[name], provenance[name] = value, "override"
   if "num_puzzle_identifiers" not in fields:  # no puzzle embedding: unused
     fields["num_puzzle_identifiers"], provenance["num_puzzle_identifiers"] = 1, "default"
+  fields = {k: _coerce(known[k], v) for k, v in fields.items()}
+  if num_positions is not None:  # L = seq_len + prefix tokens
+    if "puzzle_emb_len" in known:  # TRM: an explicit prefix length
+      prefix = fields.get("puzzle_emb_len", known["puzzle_emb_len"].default)
+    else:  # HRM and the baseline: ceil(ndim / hidden) prefix tokens
+      prefix = -(fields["puzzle_emb_ndim"] // -fields["hidden_size"])
+    if "seq_len" in fields and fields["seq_len"] != num_positions - prefix:
+      raise ValueError(
+          f"seq_len={fields['seq_len']} ({provenance['seq_len']}) but the checkpoint's "
+          f"tensors cover {num_positions} positions = seq_len {num_positions - prefix} "
+          f"+ {prefix} prefix tokens.")
+    fields["seq_len"], provenance["seq_len"] = num_positions - prefix, "tensors"
   if "seq_len" not in fields:
     raise ValueError(
         "The sequence length is not in the weights of a RoPE model and no "
         f"all_config.yaml gave it: pass --override=seq_len=N ({_SEQ_LEN_HINT}).")
-  fields = {k: _coerce(known[k], v) for k, v in fields.items()}
   for name, field in known.items():
     if name not in fields and field.default is not dataclasses.MISSING:
       provenance[name] = "default"
-  defaulted = [k for k in _REFERENCE_ARCH_FIELDS if provenance.get(k) == "default"]
+  defaulted = [k for k in _UNDETERMINED if provenance.get(k) == "default"]
   if defaulted:
-    logging.warning("Using HRMConfig defaults (not determinable from the weights) "
-                    "for: %s. Give all_config.yaml or --override if the run "
-                    "differed.", ", ".join(defaulted))
-  config = hrm.HRMConfig(**fields)
+    logging.warning("Using the %s defaults (not determinable from the weights) for: "
+                    "%s. Give all_config.yaml or --override if the run differed.",
+                    arch, ", ".join(defaulted))
+  config = family.config(**fields)
   check_shapes(config, converted)
   return config, provenance
 
@@ -219,31 +257,20 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
   return value
 
 
-def check_shapes(config: hrm.HRMConfig, converted: Mapping[str, Any]) -> None:
+def check_shapes(config, converted: Mapping[str, Any]) -> None:
   """Raises ValueError unless the weights are exactly what `config` initialises.
 
   Catches both wrong guesses for fields the weights do not determine
   (num_heads does not, but expansion does via the MLP width) and damaged
   checkpoints (a missing or reshaped tensor).
   """
-  if config.hidden_size % config.num_heads:
-    raise ValueError(f"hidden_size={config.hidden_size} is not divisible by "
-                     f"num_heads={config.num_heads}.")
   model = models.build(config)
   expected = jax.eval_shape(lambda: models.family_of(config).init_variables(
       model, jax.random.key(0)))
-  problems = []
-  for item in ("params", "buffers"):
-    for path, have, want in checkpoint.diff_shapes(
-        checkpoint.flat_shapes(converted[item]), checkpoint.flat_shapes(expected[item])):
-      if have is None:
-        problems.append(f"  {item}/{path}: missing from the checkpoint "
-                        f"(expected shape {want})")
-      elif want is None:
-        problems.append(f"  {item}/{path}: shape {have} is in the checkpoint "
-                        "but not in a model with this config")
-      else:
-        problems.append(f"  {item}/{path}: checkpoint shape {have} != expected {want}")
+  problems = tree_shapes.mismatches(
+      {k: converted[k] for k in ("params", "buffers")},
+      {k: expected[k] for k in ("params", "buffers")},
+      "the checkpoint", "a model with this config")
   if config.puzzle_emb_ndim > 0:
     table = converted["puzzle_emb"]
     want_table = (config.num_puzzle_identifiers, config.puzzle_emb_ndim)
@@ -253,7 +280,7 @@ def check_shapes(config: hrm.HRMConfig, converted: Mapping[str, Any]) -> None:
                       f"{want_table}")
   if problems:
     raise ValueError(
-        "The checkpoint's tensors do not fit an HRM with the inferred config "
-        f"{config}:\n" + "\n".join(problems) +
+        f"The checkpoint's tensors do not fit a {config.ARCH} model with the inferred "
+        f"config {config}:\n" + "\n".join(problems) +
         "\nFix the config (all_config.yaml or --override=FIELD=VALUE; e.g. "
         "expansion sets the MLP width) or check the checkpoint file.")

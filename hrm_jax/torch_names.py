@@ -1,4 +1,15 @@
-"""PyTorch HRM tensor names -> our parameter tree (the mapping table is in convert.py).
+"""PyTorch tensor names -> our parameter tree (the HRM table is in convert.py).
+
+Covers the three model families of the PyTorch repositories, which share one
+naming scheme:
+  HRM (sapientinc/HRM): H_level and L_level stacks, H_init and L_init.
+  TRM (TinyRecursiveModels trm.py): the one L_level stack, H_init and L_init, no
+    H_level; blocks hold `self_attn` or, with mlp_t, `mlp_t` (the token-mixing
+    SwiGLU: inner.L_level.layers.i.mlp_t.{gate_up_proj,down_proj}.weight ->
+    params/L_level/layers_i/mlp_t/{gate_up_proj,down_proj}/kernel, transposed).
+  Transformer baseline (transformers_baseline.py): the one H_level stack and
+    H_init only (no L_level, no L_init).
+Prefixes `_orig_mod.` (torch.compile) and `model.` (the loss head) are stripped.
 
 Kept apart from the conversion CLI so tests and tools can map state dicts without
 orbax or flags.
@@ -9,7 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 _PREFIXES = ("_orig_mod.", "model.")
-_LAYER = re.compile(r"^inner\.(H|L)_level\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.weight$")
+_LAYER = re.compile(
+    r"^inner\.(H|L)_level\.layers\.(\d+)\.(self_attn|mlp_t|mlp)\.(\w+)\.weight$")
 _DIRECT = {
     "inner.embed_tokens.embedding_weight": (("embed_tokens", "embedding"), False),
     "inner.embed_pos.embedding_weight": (("embed_pos", "embedding"), False),
@@ -63,9 +75,14 @@ def torch_state_to_variables(state_dict: Mapping[str, Any]) -> dict[str, Any]:
       puzzle_emb = array
     else:
       raise KeyError(f"Unknown tensor {raw_name!r} (after stripping prefixes: {name!r}); "
-                     "this converter knows HRM ACT v1 checkpoints only.")
-  missing = [k for k in ("H_init", "L_init") if k not in buffers]
-  if missing or "embed_tokens" not in params:
-    raise KeyError(f"State dict lacks {missing or ['inner.embed_tokens.embedding_weight']}: "
-                   "is this an HRM ACT v1 checkpoint?")
+                     "this converter knows HRM ACT v1, TRM and transformer-baseline "
+                     "checkpoints only.")
+  # Every family has H_init; those with an L_level stack (HRM, TRM) also L_init.
+  required = ("H_init", "L_init") if "L_level" in params else ("H_init",)
+  missing = [f"inner.{k}" for k in required if k not in buffers]
+  if "embed_tokens" not in params:
+    missing.append("inner.embed_tokens.embedding_weight")
+  if missing:
+    raise KeyError(f"State dict lacks {missing}: is this an HRM, TRM or "
+                   "transformer-baseline ACT checkpoint?")
   return {"params": params, "buffers": buffers, "puzzle_emb": puzzle_emb}

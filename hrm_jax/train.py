@@ -19,95 +19,36 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import json
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from hrm_jax import checkpoint, data, metric_writers, metrics, models, preemption
-from hrm_jax import sharding, state as state_lib, steps, workdir as workdir_lib
+from hrm_jax import checkpoint, cpu_kind, data, metric_writers, metrics, models, preemption
+from hrm_jax import schedule, sharding, state as state_lib, steps, tree_shapes
+from hrm_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass
 class TrainResult:
-  """What a finished (or stopped) run returns."""
+  """What a finished (or stopped) run returns.
+
+  Attributes:
+    state: the final train state.
+    eval_metrics: the last evaluation ({} if none ran).
+    step: the step the run stopped at.
+    stop_signal: the signal that stopped the run early (a checkpoint of `step`
+      was saved), or None.
+  """
   state: state_lib.TrainState
   eval_metrics: dict[str, float]
   step: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-  """How long a run is and when it evaluates; the one place epochs become steps.
-
-  Attributes:
-    total_steps: optimizer updates the run makes.
-    schedule_steps: length of the LR schedules. Epoch-based runs use the
-      reference's `int(epochs * examples_per_epoch / global_batch)`, which can
-      exceed the updates made (Sudoku-1k: 26,041 vs 26,040) exactly as there.
-    eval_steps: the steps after which the run evaluates (sorted, distinct; the
-      last is total_steps).
-    epochs_per_iteration: the sampler's iteration length in epochs.
-  """
-  total_steps: int
-  schedule_steps: int
-  eval_steps: tuple[int, ...]
-  epochs_per_iteration: int
-
-
-def examples_per_epoch(metadata) -> float:
-  """Reference: one epoch = total_groups * mean_puzzle_examples examples."""
-  return metadata.total_groups * metadata.mean_puzzle_examples
-
-
-def plan_run(config: ml_collections.ConfigDict, metadata,
-             batches_in_iteration: Callable[[int, int], int]) -> RunPlan:
-  """The run's length and evaluation points (see `RunPlan`).
-
-  Epoch-based runs (`config.total_steps <= 0`) are planned as the reference
-  plans them: `epochs / eval.every_epochs` iterations of `eval.every_epochs`
-  epochs each, an evaluation after every iteration, and as many updates as the
-  iterations hold (each drops only its last partial batch). Step-based runs
-  (`config.total_steps > 0`, the CPU recipes) make exactly that many updates,
-  evaluate every `eval.every_steps` and after the last step, and stream in
-  iterations of about one evaluation interval.
-
-  Args:
-    config: the run config.
-    metadata: the train split's DatasetMetadata.
-    batches_in_iteration: `(iteration, epochs_per_iteration) -> batches`, the
-      sampler's exact count.
-  """
-  B = config.batch_size
-  per_epoch = examples_per_epoch(metadata)
-  if config.total_steps > 0:
-    total = int(config.total_steps)
-    every = (config.eval.every_steps if config.eval.every_steps > 0
-             else int(config.eval.every_epochs * per_epoch / B))
-    every = max(1, min(every, total))
-    evals = sorted(set(range(every, total + 1, every)) | {total})
-    epochs_per_iteration = max(1, -(-every * B // max(1, int(per_epoch))))
-    return RunPlan(total, total, tuple(evals), epochs_per_iteration)
-  epochs, interval = int(config.epochs), int(config.eval.every_epochs)
-  if interval < 1 or epochs < interval or epochs % interval:
-    raise ValueError(f"config.epochs={epochs} must be a multiple of "
-                     f"config.eval.every_epochs={interval} (the reference's eval_interval), "
-                     "or set config.total_steps and config.eval.every_steps.")
-  boundaries = np.cumsum([batches_in_iteration(i, interval)
-                          for i in range(epochs // interval)]).tolist()
-  if boundaries[-1] < 1:
-    raise ValueError(f"The run has no updates: {epochs} epochs of {per_epoch:g} examples "
-                     f"do not fill one batch of {B}.")
-  evals = tuple(sorted(set(b for b in boundaries if b > 0)))
-  if config.eval.every_steps > 0:
-    evals = tuple(sorted(set(range(config.eval.every_steps, boundaries[-1] + 1,
-                                   config.eval.every_steps)) | {boundaries[-1]}))
-  return RunPlan(int(boundaries[-1]), max(1, int(epochs * per_epoch / B)), evals,
-                 interval)
+  stop_signal: int | None = None
 
 
 def load_evaluator(eval_cfg, split, workdir):
@@ -140,19 +81,6 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh) -> dict[str, floa
   return evaluator.result()
 
 
-def _plan(config, train_split) -> RunPlan:
-  counts = {}
-
-  def batches_in_iteration(iteration: int, epochs_per_iteration: int) -> int:
-    if epochs_per_iteration not in counts:  # one sampler per iteration length
-      counts[epochs_per_iteration] = data.TrainSampler(
-          train_split, config.batch_size, config.seed,
-          epochs_per_iteration=epochs_per_iteration)
-    return counts[epochs_per_iteration].batches_in_iteration(iteration)
-
-  return plan_run(config, train_split.metadata, batches_in_iteration)
-
-
 def _host_array(sharding_, value: np.ndarray) -> jax.Array:
   """A host array placed into a (possibly multi-process) sharding."""
   return jax.make_array_from_callback(value.shape, sharding_, lambda index: value[index])
@@ -166,12 +94,11 @@ def init_from(source: str, program: steps.TrainProgram,
   saved = jax.device_get({"params": trained.weights.params,
                           "buffers": trained.weights.buffers})
   want = {"params": state.params, "buffers": state.buffers}
-  problems = checkpoint.diff_shapes(checkpoint.flat_shapes(saved),
-                                    checkpoint.flat_shapes(want))
+  problems = tree_shapes.mismatches(saved, want, "the saved weights", "this model")
   if problems:
     raise checkpoint.CheckpointMismatchError(
         f"config.init_from={source!r}: its weights do not fit this run's model:\n" +
-        "\n".join(f"  {p}: saved {h} != this model {w}" for p, h, w in problems))
+        "\n".join(problems))
   sh = program.state_shardings
   params = jax.tree.map(lambda x, s, t: _host_array(s, np.asarray(x, t.dtype)),
                         saved["params"], sh.params, state.params)
@@ -218,8 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   the last evaluation."""
   # ---- Setup.
   run_start = time.perf_counter()
+  # Created at the restore phase, once the data and the model are ready: a
+  # run that fails before leaves no empty directory behind.
   workdir = checkpoint.absolute(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   if config.get("enable_x64", False) and not jax.config.jax_enable_x64:
     raise ValueError("config.enable_x64=True needs 64-bit JAX from the start: run "
                      "through `python -m hrm_jax.main` (it turns it on) or set "
@@ -234,13 +162,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_split = data.load(config.data, "train")
   test_split = data.load(config.data, "test")
   metadata = train_split.metadata
-  plan = _plan(config, train_split)
+  plan = schedule.plan_for_split(config, train_split)
   total_steps, eval_steps = plan.total_steps, set(plan.eval_steps)
   sampler = data.TrainSampler(train_split, config.batch_size, config.seed,
                               jax.process_index(), jax.process_count(),
                               epochs_per_iteration=plan.epochs_per_iteration)
 
-  # ---- Model, optimizer and the compiled step.
+  # ---- Model, optimizer and the compiled step. A resumed CPU recipe keeps the
+  # dtype it started in when only the CPU kind's automatic choice differs.
+  if (workdir / workdir_lib.CONFIG_FILE).exists():
+    dtype, message = cpu_kind.resume_dtype(workdir_lib.read_config(workdir), config)
+    if message:
+      logging.info(message)
+      config.model.forward_dtype = dtype
   model_cfg = models.make_config(config.model, metadata)
   program = steps.build_train_step(model_cfg, config.opt, plan.schedule_steps,
                                    config.batch_size, mesh,
@@ -251,14 +185,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   carry = program.init_carry()
 
   # ---- Restore (the order is the module docstring's).
+  workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt.every_steps,
                                  max_to_keep=config.ckpt.max_to_keep,
                                  async_save=config.ckpt.async_save)
-  restored = ckpt.restore_latest(program.abstract_state, program.abstract_carry)
+  try:
+    restored = ckpt.restore_latest(program.abstract_state, program.abstract_carry)
+    if restored is not None:
+      sampler.set_state(restored[3])
+  except checkpoint.WeightsOnlyError:
+    ckpt.close()
+    raise
+  except ValueError as e:  # shapes (CheckpointMismatchError) or the sampler's seed/batch
+    ckpt.close()
+    raise _resume_mismatch(e, workdir, config) from e
   if restored is not None:
     step, state, restored_carry, data_state = restored
     carry = carry if restored_carry is None else restored_carry
-    sampler.set_state(data_state)
     logging.info("Resumed from step %d.", step)
   elif config.get("init_from", ""):
     state = init_from(config.init_from, program, state)
@@ -288,10 +231,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                total_steps, len(eval_steps), min(eval_steps))
   if step == 0:
     writer.write_scalars(0, {"num_params": num_params, "total_steps": total_steps})
+  writer.write_hparams(metric_writers.flatten_config(config))
+  profiler = _Profiler(workdir, config.get("profile_steps", 0))
 
   # ---- Loop.
   sums = metrics.Sums()
   last_eval: dict[str, float] = {}
+  last_eval_step = None
   pending = None  # (step, device metrics) fetched after the next step is dispatched
 
   def absorb():
@@ -303,11 +249,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       sums.add(host)
       pending = None
 
+  stop = None
+  compiled = False
   try:
     while step < total_steps:
       host_batch = next(sampler)
+      if not compiled:
+        logging.info("Compiling the train step; the first step waits for it (tens of "
+                     "seconds for a small model on a CPU, minutes for the paper's).")
+        t0 = time.perf_counter()
       state, carry, step_metrics = program.step(
           state, carry, sharding.global_batch(host_batch, mesh), loop_rng)
+      if not compiled:  # jit compiles synchronously inside the first call
+        logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+        compiled = True
       step += 1
       absorb()
       pending = (step, step_metrics)
@@ -317,11 +272,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         absorb()
         scalars = {f"train/{k}": v for k, v in sums.train_result(config.batch_size).items()}
         scalars["train/epoch"] = sampler.epoch
+        # Logs the progress line; its rate (data, evals and saves included) also
+        # goes to TensorBoard.
+        progress.report(step, scalars, log=jax.process_index() == 0)
+        if progress.steps_per_sec is not None:
+          scalars["perf/steps_per_s"] = progress.steps_per_sec
+          scalars["perf/examples_per_s"] = progress.steps_per_sec * config.batch_size
         writer.write_scalars(step, scalars)
         writer.flush()
-        if jax.process_index() == 0:
-          progress.report(step, scalars)  # logs the progress line
         sums = metrics.Sums()
+        profiler.after_log(step)
+      profiler.after_step(step, state)
 
       if step in eval_steps:
         t0 = time.perf_counter()
@@ -334,6 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.flush()
         logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
                      metric_writers.format_scalars(step, last_eval))
+        last_eval_step = step
 
       stop = _stop_reason(stop_flag, step, config, ckpt)
       if ckpt.due(step) or stop or is_last:
@@ -345,12 +307,117 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                         "command to resume.", step, stop)
         break
   finally:
+    profiler.close()
     ckpt.close()
     writer.close()
     stop_flag.uninstall()
   logging.info("Final params checksum (process %d): %s", jax.process_index(),
                params_checksum(state.params))
-  return TrainResult(state=state, eval_metrics=last_eval, step=step)
+  stop_signal = stop_flag.signal if stop and stop_flag() else None
+  if jax.process_index() == 0:
+    logging.info("%s", closing_summary(
+        config, workdir, step, total_steps, last_eval, last_eval_step,
+        ckpt.latest_step(), stop, time.perf_counter() - run_start))
+  return TrainResult(state=state, eval_metrics=last_eval, step=step,
+                     stop_signal=stop_signal)
+
+
+# The metrics the closing summary shows first, when the evaluator reports them.
+_HEADLINE = ("exact_accuracy", "accuracy", "loss", "steps")
+# Fields that never affect a resume (where things go, what is logged); every
+# other difference is listed when a resume fails. (eval.every_steps and
+# total_steps can matter too: they set the sampler's iteration length.)
+_IRRELEVANT_TO_RESUME = ("init_from", "profile_steps", "log_every_steps", "data.data_dir",
+                         "data.num_workers")
+
+
+def closing_summary(config, workdir, step: int, total_steps: int,
+                    last_eval: dict[str, float], last_eval_step: int | None,
+                    saved_step: int | None, stop: str | None, seconds: float) -> str:
+  """The lines a run ends on: how it ended, its last evaluation, its checkpoint,
+  and the commands that use it."""
+  took = metric_writers.format_duration(seconds)
+  head = (f"Stopped at step {step}/{total_steps} ({stop}) after {took}; rerun the same "
+          "command to resume." if stop else f"Finished {step}/{total_steps} steps in {took}.")
+  lines = [head, f"  workdir:    {workdir}"]
+  if last_eval:
+    shown = [k for k in _HEADLINE if k in last_eval]
+    shown += sorted(k for k in last_eval if k not in shown and "/" in k)[:6]
+    lines.append(f"  evaluation: step {last_eval_step}: " + ", ".join(
+        f"{k}={float(last_eval[k]):.4g}" for k in shown))
+  if saved_step is not None:
+    lines.append(f"  checkpoint: {workdir / checkpoint.CHECKPOINT_DIR / str(saved_step)}")
+  family = str(config.data.family)
+  puzzle = {"sudoku": "--sudoku=CELLS", "maze": "--maze=MAZE.txt",
+            "arc": "--arc=TASK.json"}.get(family, "--sudoku=CELLS")
+  lines += [f"  solve:      python -m hrm_jax.solve --workdir={workdir} {puzzle}",
+            f"  pictures:   python -m hrm_jax.visualize --workdir={workdir}",
+            f"  curves:     tensorboard --logdir={workdir / metric_writers.TENSORBOARD_DIR}"]
+  return "\n".join(lines)
+
+
+def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+  """`key: saved -> now` for every field that differs (but those of
+  `_IRRELEVANT_TO_RESUME` and ckpt.*)."""
+  changes = []
+  for key in sorted(set(saved) | set(now)):
+    path = f"{prefix}{key}"
+    a, b = saved.get(key), now.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += _config_changes(a, b, path + ".")
+    elif path not in _IRRELEVANT_TO_RESUME and not path.startswith("ckpt."):
+      if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple)
+                                                       else b):
+        changes.append(f"{path}: {a!r} -> {b!r}")
+  return changes
+
+
+def _resume_mismatch(error: Exception, workdir, config) -> Exception:
+  """A resume that cannot work, explained: what changed since the saved run
+  and the ways out, before the details."""
+  try:
+    saved = workdir_lib.read_config(workdir).to_dict()
+  except Exception:  # pylint: disable=broad-exception-caught
+    saved = None
+  now = json.loads(config.to_json_best_effort())
+  changes = _config_changes(saved, now) if saved is not None else []
+  what = ("; ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4
+                                    else "")) if changes else "nothing in config.json"
+  message = (
+      f"Cannot resume {workdir} with this config (changed since the saved run: {what}). "
+      f"Resume with the saved values ({workdir / workdir_lib.CONFIG_FILE}), or start a "
+      f"new --workdir (add --config.init_from={workdir} to start from its weights).\n"
+      + str(error))
+  return checkpoint.CheckpointMismatchError(message)
+
+
+class _Profiler:
+  """`config.profile_steps` > 0: a `jax.profiler` trace of that many steps,
+  started after the first progress line (compilation and warm-up are over),
+  written to WORKDIR/profile (process 0; TensorBoard's profile tab or Perfetto
+  read it)."""
+
+  def __init__(self, workdir, num_steps: int):
+    self._dir = workdir / "profile"
+    self._num_steps = int(num_steps) if jax.process_index() == 0 else 0
+    self._first = self._until = None  # steps of the trace, once started
+
+  def after_log(self, step: int) -> None:
+    if self._num_steps > 0 and self._first is None:
+      jax.profiler.start_trace(str(self._dir))
+      self._first, self._until = step + 1, step + self._num_steps
+
+  def after_step(self, step: int, state) -> None:
+    if self._until is not None and step >= self._until:
+      jax.block_until_ready(state)  # the traced steps' device work included
+      self.close()
+      logging.info("Wrote a profiler trace of steps %d-%d to %s.", self._first, step,
+                   self._dir)
+
+  def close(self) -> None:
+    if self._until is not None:
+      jax.profiler.stop_trace()
+      self._until = None  # one trace a run
 
 
 def _stop_reason(stop_flag, step: int, config, ckpt) -> str | None:

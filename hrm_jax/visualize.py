@@ -7,8 +7,9 @@ writes into DIR/visualize/ (or --out):
 * trajectory_<i>.png: for a few held-out puzzles, the input, the target and
   the model's answer after every ACT segment (the paper's "reasoning
   trajectory": Sudoku cells changing, the maze path emerging, the ARC grid
-  refining), wrong cells outlined in red. The segment where the Q head would
-  halt (adaptive halting) is framed in green.
+  refining), wrong cells outlined in red, each segment titled correct (green)
+  or wrong (red). The segment where the Q head halts (adaptive halting) is
+  framed green if its answer is right and red if not; the key is in the PNG.
 * curves.png: train loss, train/eval accuracy and eval exact accuracy against
   the step, from DIR/metrics.jsonl.
 * act_steps.png: how many segments each puzzle uses under adaptive halting,
@@ -22,17 +23,15 @@ How each family's grids are drawn is `pictures.py`'s.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 from etils import epath
 from matplotlib.figure import Figure
 import numpy as np
 
-from hrm_jax import inference, metric_writers, metrics, pictures
+from hrm_jax import errors, inference, metric_writers, metrics, pictures
 from hrm_jax import data
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import puzzles
@@ -49,18 +48,24 @@ def trajectory_figure(kind: str, inputs: np.ndarray, target: np.ndarray,
                       title: str = "", ignore_label_id: int | None = 0) -> Figure:
   """Input, target, then the prediction after each segment, in rows.
 
+  Each segment's title says whether its answer is exact (green) or how many
+  cells are wrong (red). The segment where the Q head halts is framed: green
+  when its answer is right, red when it is wrong; a run that only stops at the
+  segment limit gets no frame. The key is drawn in the figure.
+
   Args:
     kind: puzzle family.
     inputs, target: [S] tokens (target: the stored labels).
     trajectory_MxS: argmax prediction after segments 1..M.
-    halt_segment: 1-based segment where the Q head halts (framed green).
+    halt_segment: 1-based segment where the Q head halts (adaptive halting),
+      or None when it does not halt before the limit.
     title: figure title.
   """
   M = trajectory_MxS.shape[0]
   panels = 2 + M
   cols = min(panels, MAX_COLUMNS)
   rows = -(-panels // cols)
-  fig = pictures.new_figure(cols * PANEL_INCHES, rows * (PANEL_INCHES + 0.35) + 0.6)
+  fig = pictures.new_figure(cols * PANEL_INCHES, rows * (PANEL_INCHES + 0.35) + 1.0)
   axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
   pictures.render_grid(axes[0], kind, inputs, inputs=inputs)
   axes[0].set_title("input", fontsize=9)
@@ -69,20 +74,25 @@ def trajectory_figure(kind: str, inputs: np.ndarray, target: np.ndarray,
   for m in range(M):
     ax = axes[2 + m]
     wrong = pictures.render_grid(ax, kind, trajectory_MxS[m], inputs=inputs, target=target)
-    exact = metrics.exact_rows(trajectory_MxS[m][None],
-                               puzzles.loss_labels(target[None], ignore_label_id))[0]
-    label = f"segment {m + 1}: " + ("correct" if not wrong and exact
-                                    else f"{wrong} wrong")
+    exact = bool(metrics.exact_rows(trajectory_MxS[m][None],
+                                    puzzles.loss_labels(target[None], ignore_label_id))[0])
+    correct = exact and not wrong
+    label = f"segment {m + 1}: " + ("correct" if correct else
+                                    f"{wrong} wrong" if wrong else "not exact")
+    colour = pictures.CORRECT if correct else pictures.WRONG
     if halt_segment == m + 1:
-      label += "\nQ head halts here" if m + 1 < M else "\nstops at the limit"
+      label += "\nQ head halts here"
       for spine in ax.spines.values():
-        spine.set_edgecolor(pictures.HALT)
+        spine.set_edgecolor(colour)
         spine.set_linewidth(3)
-    ax.set_title(label, fontsize=8, color=pictures.HALT if halt_segment == m + 1 else "black")
+    elif halt_segment is None and m + 1 == M:
+      label += "\nlimit (Q head never halted)"
+    ax.set_title(label, fontsize=8, color=colour)
   for ax in axes[panels:]:
     ax.set_visible(False)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, pictures.LEGEND_INCHES / fig.get_figheight(), 1, 1))
+  pictures.trajectory_legend(fig, kind)
   return fig
 
 
@@ -112,6 +122,7 @@ def curves_figure(records: Sequence[dict[str, Any]]) -> Figure:
     if drawn:
       if scale == "log" and all(r.get(k, 1) > 0 for r in records for k, _ in series):
         ax.set_yscale("log")
+        pictures.plain_log_axis(ax.yaxis)  # 2.1, not 2.1x10^0
       else:  # accuracies: always the full range, so one point is not a cliff
         ax.set_ylim(-0.02, 1.02)
       ax.legend(fontsize=8)
@@ -250,11 +261,11 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
              f"; {halting} (sigmoid(q_halt) {runs['q_halt_confidence'][row]:.2f})")
     save(f"trajectory_{i}.png",
          trajectory_figure(kind, split.inputs[e], target, trajectory,
-                           halt_segment=halt, title=title,
+                           halt_segment=halt if halt < M else None, title=title,
                            ignore_label_id=split.metadata.ignore_label_id),
          f"Reasoning trajectory {i + 1}",
-         f"{title}. {pictures.LEGENDS[kind]} Red outline: wrong cell; green frame: the "
-         "segment where adaptive halting stops.")
+         f"{title}. {pictures.LEGENDS[kind]} Red outline: wrong cell; frame: the "
+         "segment where the Q head halts (green: its answer is right, red: wrong).")
 
   cfg = loaded.model.config
   summary = [
@@ -267,7 +278,7 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
   html_path = out / "index.html"
   pictures.write_html(html_path, f"HRM run {os.path.basename(os.fspath(workdir).rstrip('/'))}",
              summary, sections)
-  return {"html": os.fspath(html_path), "pngs": written,
+  return {"html": os.fspath(html_path), "pngs": written, "step": loaded.step,
           "halting_steps": runs["steps"][first], "shown": shown}
 
 
@@ -281,23 +292,21 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  errors.tool_logging("hrm_jax.visualize", argv)
   f = flags.FLAGS
-  if not f["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  if not f.workdir:
-    raise app.UsageError("--workdir is required.")
-  if f.num_puzzles < 1 or f.num_halting < 1:
-    raise app.UsageError("--num_puzzles and --num_halting must be >= 1.")
-  if f.halt_max_steps is not None and f.halt_max_steps < 1:
-    raise app.UsageError("--halt_max_steps must be >= 1.")
   try:
+    if not f.workdir:
+      raise errors.UsageError("--workdir is required (a training run's directory).")
+    if f.num_puzzles < 1 or f.num_halting < 1:
+      raise errors.UsageError("--num_puzzles and --num_halting must be >= 1.")
+    if f.halt_max_steps is not None and f.halt_max_steps < 1:
+      raise errors.UsageError("--halt_max_steps must be >= 1.")
     result = visualize(f.workdir, f.out, f.num_puzzles, f.split, f.halt_max_steps,
                        f.num_halting)
-  except inference.InferenceError as e:
-    sys.exit(f"hrm_jax.visualize: error: {e}")
-  print(f"Wrote {result['html']} and {len(result['pngs'])} PNG files.")
+  except (errors.UsageError, inference.InferenceError, OSError) as e:
+    errors.fail("hrm_jax.visualize", e, hint=False)
+  print(f"Wrote {result['html']} and {len(result['pngs'])} PNG files "
+        f"(checkpoint step {result['step']} of {f.workdir}).")
 
 
 if __name__ == "__main__":

@@ -3,16 +3,27 @@
   WORKDIR/config.json     the run's config (ml_collections as JSON)
   WORKDIR/dataset.json    what a model needs from its dataset: vocabulary,
                           length, puzzle-id count and names (`DatasetMetadata`)
-  WORKDIR/checkpoints/N/  orbax checkpoints (`checkpoint.Checkpointer`)
+  WORKDIR/checkpoints/N/  orbax checkpoints (`checkpoint.Checkpointer`): the
+                          newest `config.ckpt.max_to_keep` steps
+  WORKDIR/checkpoints/corrupt/<step>-<time>/
+                          steps that could not be read, moved aside on resume
+                          (kept for inspection; safe to delete)
   WORKDIR/metrics.jsonl   scalars, one JSON object a line (`metric_writers`)
-  WORKDIR/tensorboard/    TensorBoard events
+  WORKDIR/tensorboard/    TensorBoard events: scalars, steps/s, the config as
+                          hparams (`tensorboard --logdir WORKDIR/tensorboard`)
+  WORKDIR/profile/        a `jax.profiler` trace when config.profile_steps > 0
+  WORKDIR/visualize/      pictures written by `python -m hrm_jax.visualize`
 
 A workdir is self-contained for inference: `load_weights` rebuilds the model
 from config.json + dataset.json and restores only the weights (no optimiser,
 no dataset). `convert` writes the same layout for a released PyTorch model,
 so there is one checkpoint format and one loader. JSON files are written
 atomically (a temporary file renamed over the old one), so a crash never
-leaves half a file.
+leaves half a file, and only once every resume check passed, so a failed
+resume never breaks the run it was pointed at. The trainer creates the
+directory only once its data and model are ready: a command that fails before
+(a typo, bad data) leaves nothing behind (`check_writable`,
+`remove_if_empty`).
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ from etils import epath
 import jax
 import ml_collections
 
-from hrm_jax import checkpoint, models
+from hrm_jax import checkpoint, models, tree_shapes
 from hrm_jax import state as state_lib
 from hrm_jax.data import puzzles
 
@@ -45,6 +56,51 @@ def write_json_atomically(path: epath.PathLike, obj: Any) -> None:
   tmp = path.parent / f".{path.name}.tmp"
   tmp.write_text(text)
   tmp.replace(path)
+
+
+def check_writable(workdir: epath.PathLike) -> None:
+  """Fails now, not after the data build, when WORKDIR cannot be written.
+
+  Probes with a temporary directory inside WORKDIR, or (when it does not exist
+  yet) inside its nearest existing ancestor; creates nothing that stays.
+  Object stores (gs://...) are not probed.
+
+  Raises:
+    PermissionError, OSError: what the filesystem says (a read-only or
+      foreign directory, a full disk).
+    WorkdirError: a path component is a file.
+  """
+  text = os.fspath(workdir)
+  if "://" in text:
+    return
+  path = os.path.abspath(os.path.expanduser(text))
+  probe_in = path
+  while not os.path.exists(probe_in):
+    probe_in = os.path.dirname(probe_in)
+  if not os.path.isdir(probe_in):
+    raise WorkdirError(f"--workdir={text!r}: {probe_in!r} is a file, not a directory; "
+                       "choose another --workdir.")
+  probe = os.path.join(probe_in, f".hrm_jax_write_test_{os.getpid()}")
+  try:
+    os.mkdir(probe)
+  except PermissionError as e:
+    raise PermissionError(e.errno, e.strerror, path) from None
+  os.rmdir(probe)
+
+
+def _holds_files(path: str) -> bool:
+  return any(files for _, _, files in os.walk(path))
+
+
+def remove_if_empty(workdir: epath.PathLike) -> bool:
+  """Removes WORKDIR (local) if it holds no file at all; True if removed. For a
+  command that created the directory and then failed before writing anything."""
+  text = os.fspath(workdir)
+  if "://" in text or not os.path.isdir(text) or _holds_files(text):
+    return False
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(text, ignore_errors=True)
+  return True
 
 
 def write_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
@@ -157,10 +213,8 @@ def load_weights(workdir: epath.PathLike, sharding: jax.sharding.Sharding | None
       model, jax.random.key(0)))
   want = {"params": expected["params"], "buffers": expected["buffers"]}
   have = {"params": saved["params"], "buffers": saved["buffers"]}
-  problems = checkpoint.diff_shapes(checkpoint.flat_shapes(have),
-                                    checkpoint.flat_shapes(want))
-  if problems:
-    lines = [f"  {p}: checkpoint {h} != model {w}" for p, h, w in problems]
+  lines = tree_shapes.mismatches(have, want, "checkpoint", "model")
+  if lines:
     raise WorkdirError(f"The weights in {os.fspath(workdir)!r} do not fit the model its "
                        f"{CONFIG_FILE} describes:\n" + "\n".join(lines))
   buffers = jax.tree.map(lambda b, e: b.astype(e.dtype), saved["buffers"],

@@ -219,3 +219,98 @@ def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
   ckpt.close()
   assert (tmp_path / "relative/run/checkpoints/1").exists()
   assert str(checkpoint.absolute("gs://bucket/run")) == "gs://bucket/run"
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_newest_is_moved_aside_and_saved_again(tmp_path, mesh, caplog):
+  """Issue 12: the unreadable step leaves orbax's listing (kept under
+  checkpoints/corrupt/), so the run writes that step afresh instead of logging
+  "already exists; not saving" forever."""
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
+  for s in (1, 2):
+    ckpt.save(s, _make_state(mesh, s), None, {"s": s}, None)
+  ckpt.close()
+  _truncate_files(tmp_path / "checkpoints" / "2" / "state")
+
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
+  with caplog.at_level("WARNING"):
+    step, _, _, _ = ckpt.restore_latest(abstract_like(_make_state(mesh, 1)))
+  assert step == 1 and ckpt.all_steps() == [1]
+  [moved] = list((tmp_path / "checkpoints" / "corrupt").iterdir())
+  assert moved.name.startswith("2-") and (moved / "state").is_dir()
+  assert "Moved the unreadable checkpoint of step 2" in caplog.text
+  # The resumed run reaches step 2 again and saves it.
+  assert ckpt.save(2, _make_state(mesh, 7), None, {"s": 7}, None)
+  ckpt.close()
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
+  step, got_state, _, data_state = ckpt.restore_latest(abstract_like(_make_state(mesh)))
+  ckpt.close()
+  assert step == 2 and data_state == {"s": 7}
+  _assert_trees_equal(got_state, _make_state(mesh, 7))
+  assert moved.exists()  # kept for inspection
+
+
+def test_all_corrupt_moves_nothing(tmp_path, mesh):
+  state = _make_state(mesh)
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
+  ckpt.save(1, state, None, {}, None)
+  ckpt.close()
+  _truncate_files(tmp_path / "checkpoints" / "1" / "state")
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match=r"steps 1\).*nothing was moved"):
+    ckpt.restore_latest(abstract_like(state))
+  ckpt.close()
+  assert (tmp_path / "checkpoints" / "1").is_dir()
+  assert not (tmp_path / "checkpoints" / "corrupt").exists()
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_restore_weights_refuses_a_corrupt_newest_step(tmp_path, mesh):
+  """The tools load the newest step or say why not, naming it and the fix;
+  they never answer from an older step silently."""
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
+  for s in (1, 2):
+    ckpt.save(s, _make_state(mesh, s), None, {"s": s}, None)
+  ckpt.close()
+  _truncate_files(tmp_path / "checkpoints" / "2" / "state" / "d")
+  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError) as info:
+    ckpt.restore_weights()
+  message = str(info.value)
+  assert "step 2" in message and "unreadable" in message
+  assert "resumes from step 1" in message and "corrupt" in message
+  step, weights = ckpt.restore_weights(step=1)  # asked for explicitly: fine
+  ckpt.close()
+  assert step == 1
+  np.testing.assert_array_equal(weights["params"]["w"],
+                                _make_state(mesh, 1)["params"]["w"])
+  assert (tmp_path / "checkpoints" / "2").is_dir()  # the tools move nothing
+
+
+def test_first_sigint_stops_at_a_step_boundary_the_second_aborts():
+  """SIGINT is recorded like SIGTERM; after it, SIGINT's default action is
+  back (a second Ctrl-C ends the process at once), and uninstall restores
+  the handler from before."""
+  previous = signal.getsignal(signal.SIGINT)
+  reached = preemption.install()
+  try:
+    assert signal.getsignal(signal.SIGINT) not in (previous, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert reached() and reached.signal == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+  finally:
+    reached.uninstall()
+  assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_sigterm_outside_the_loop_raises():
+  previous = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(preemption.Interrupted) as info:
+    with preemption.raise_on_sigterm():
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(1000):  # the handler runs between bytecodes
+        pass
+  assert info.value.exit_code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) == previous

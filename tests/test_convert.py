@@ -246,3 +246,25 @@ def test_bf16_buffers_and_errors_of_torch_files(tmp_path):
                    f"--out={tmp_path / 'o'}", "--override=seq_len=16")
   assert result.returncode != 0
   assert "inner.extra_head.weight" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["att", "mlp"])
+def test_trm_state_dicts_convert(tmp_path, name):
+  """A TRM state dict in the released key format (no H_level; mlp_t in the MLP
+  variant) becomes a TRM workdir whose model reproduces the original's outputs."""
+  import trm_parity_util as tu  # pylint: disable=import-outside-toplevel
+  fx = tu.load_fixture(name)
+  c = tu.fixture_json(fx)
+  state = {PREFIX + k: v for k, v in tu.torch_state(fx).items()}
+  overrides = {k: c[k] for k in ("H_cycles", "L_cycles", "num_heads", "halt_max_steps",
+                                 "halt_exploration_prob", "forward_dtype",
+                                 "puzzle_emb_len")}
+  if c["pos_encodings"] == "rope":
+    overrides["seq_len"] = c["seq_len"]  # the weights fix L only for mlp_t / learned
+  cfg = convert.convert_state_dict(state, tmp_path / "out", overrides=overrides)
+  assert cfg == tu.config_from_fixture(fx)
+  loaded_cfg, variables, table = load_converted(tmp_path / "out")
+  assert loaded_cfg == cfg and loaded_cfg.ARCH == "trm"
+  [(_, outputs, _, _)] = tu.eval_steps(cfg, variables, table, tu.batch_from_fixture(fx), 1)
+  for key in ("logits", "q_halt_logits"):
+    assert pu.rel_err(outputs[key], fx[f"eval/0/{key}"]) < FORWARD_TOL, key

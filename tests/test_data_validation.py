@@ -14,7 +14,6 @@ import pytest
 
 from hrm_jax import data
 from hrm_jax.data import arc
-from hrm_jax.data import builders
 from hrm_jax.data import config as config_lib
 from hrm_jax.data import maze
 from hrm_jax.data import npy_format
@@ -196,7 +195,7 @@ def test_tfds_built_splits_are_validated_on_load(tmp_path, monkeypatch):
     return puzzles.DatasetPlan(
         vocab_size=8, seq_len=36, ignore_label_id=0, identifiers=["<blank>"],
         num_groups={"train": 1, "test": 1}, make_groups=groups)
-  monkeypatch.setitem(builders._PLANNERS, "sudoku", bad_plan)
+  monkeypatch.setattr(data.family("sudoku"), "plan", bad_plan)
   cfg = data.default_config("sudoku")
   cfg.update(data_dir=str(tmp_path), board_size=6, train_size=1, test_size=1)
   with pytest.raises(data.DataError, match=r"hrm_sudoku/generate_\w+ train "

@@ -114,3 +114,62 @@ def test_progress_reporter_measures_rate():
   line = reporter.report(20, {"train/loss": jnp.float32(0.5)})
   assert line == ("step 20/100 (20.0%) | loss 0.5000 | 2.00 steps/s | "
                   "16 ex/s | ETA 00:00:40")
+
+
+def _tensorboard_events(logdir):
+  """Every Event proto in a directory's event files (TFRecord framing:
+  length u64, crc u32, payload, crc u32)."""
+  import struct  # pylint: disable=import-outside-toplevel
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  events = []
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[offset + 12:offset + 12 + length])
+      events.append(event)
+      offset += 12 + length + 4
+  return events
+
+
+def test_tensorboard_hparams_go_into_the_runs_own_event_file(tmp_path):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict({"seed": 3, "opt": {"lr": 1e-4, "betas": (0.9, 0.95)},
+                                      "mesh": "data:-1", "ckpt": {"async_save": True}})
+  flat = mw.flatten_config(config)
+  assert flat == {"seed": 3, "opt.lr": 1e-4, "opt.betas": "(0.9, 0.95)",
+                  "mesh": "data:-1", "ckpt.async_save": True}
+  writer = mw.writers_for_process(tmp_path, process_index=0)
+  writer.write_hparams(flat)
+  writer.write_scalars(1, {"perf/steps_per_s": 2.5})
+  writer.close()
+  assert [p.name for p in (tmp_path / "tensorboard").iterdir()
+          if p.is_dir()] == []  # no second run directory
+  values = [v for e in _tensorboard_events(tmp_path / "tensorboard")
+            for v in e.summary.value]
+  start = [v for v in values if v.tag == "_hparams_/session_start_info"]
+  assert len(start) == 1 and start[0].metadata.plugin_data.plugin_name == "hparams"
+  data = plugin_hparams_pb2.HParamsPluginData()
+  data.ParseFromString(start[0].metadata.plugin_data.content)
+  hparams = data.session_start_info.hparams
+  assert hparams["opt.lr"].number_value == pytest.approx(1e-4)
+  assert hparams["mesh"].string_value == "data:-1"
+  assert hparams["ckpt.async_save"].bool_value
+  assert any(v.tag == "perf/steps_per_s" and v.simple_value == 2.5 for v in values)
+  # JSONL has no hparams (config.json is the run's config); scalars still go there.
+  assert mw.read_jsonl_metrics(tmp_path) == [{"step": 1, "perf/steps_per_s": 2.5}]
+
+
+def test_progress_reporter_exposes_its_rate_and_can_stay_quiet(caplog):
+  times = iter([0.0, 4.0])
+  reporter = mw.ProgressReporter(total_steps=10, examples_per_step=8,
+                                 clock=lambda: next(times))
+  with caplog.at_level("INFO"):
+    reporter.report(0, log=False)
+    assert reporter.steps_per_sec is None
+    reporter.report(2, log=False)
+  assert reporter.steps_per_sec == pytest.approx(0.5)
+  assert "steps/s" not in caplog.text

@@ -122,3 +122,65 @@ def test_arc_crops_at_eos_and_marks_shape_errors():
   image = ax.images[0].get_array()
   assert image.shape == (2, 3)  # cropped at the EOS border, not 30x30
   assert "target 2x2" in ax.get_xlabel()
+
+
+def _sudoku_trajectory():
+  """A 4x4 board, its answer, and two segments: wrong, then right."""
+  puzzle = np.array([[3, 1, 0, 2], [4, 2, 3, 1], [2, 4, 1, 3], [1, 3, 2, 4]])
+  answer = puzzle.copy()
+  answer[0, 2] = 4
+  wrong = answer.copy()
+  wrong[0, 2] = 1
+  trajectory = np.stack([sudoku_data.encode(wrong), sudoku_data.encode(answer)])
+  return sudoku_data.encode(puzzle), sudoku_data.encode(answer), trajectory
+
+
+def _frame_colour(ax):
+  colours = {mcolors.to_hex(s.get_edgecolor()) for s in ax.spines.values()}
+  widths = {s.get_linewidth() for s in ax.spines.values()}
+  return colours.pop() if len(colours) == 1 and widths == {3} else None
+
+
+def test_halting_frame_is_green_only_on_a_right_answer():
+  """Issue 12: the final segment was framed green even when wrong. Now the
+  frame marks where the Q head halts, green if right and red if wrong, and
+  the key is in the figure itself."""
+  inputs, target, trajectory = _sudoku_trajectory()
+  fig = visualize.trajectory_figure("sudoku", inputs, target, trajectory, halt_segment=1)
+  seg1, seg2 = fig.axes[2], fig.axes[3]
+  assert _frame_colour(seg1) == pictures.WRONG  # halts on a wrong answer: red
+  assert _frame_colour(seg2) is None
+  assert "1 wrong" in seg1.get_title() and "Q head halts here" in seg1.get_title()
+  assert mcolors.to_hex(seg1.title.get_color()) == pictures.WRONG
+  assert "correct" in seg2.get_title()
+  assert mcolors.to_hex(seg2.title.get_color()) == pictures.CORRECT
+  [legend] = fig.legends
+  labels = [t.get_text() for t in legend.get_texts()]
+  assert "Q head halts here: answer correct" in labels
+  assert "Q head halts here: answer wrong" in labels and "wrong cell" in labels
+  assert any(pictures.LEGENDS["sudoku"] == t.get_text() for t in fig.texts)
+
+  fig = visualize.trajectory_figure("sudoku", inputs, target, trajectory, halt_segment=2)
+  assert _frame_colour(fig.axes[2]) is None
+  assert _frame_colour(fig.axes[3]) == pictures.HALT
+
+  # No halt before the limit: no frame at all, and the last title says so.
+  fig = visualize.trajectory_figure("sudoku", inputs, target, trajectory[::-1],
+                                    halt_segment=None)
+  assert _frame_colour(fig.axes[2]) is None and _frame_colour(fig.axes[3]) is None
+  assert "limit" in fig.axes[3].get_title()
+
+
+def test_log_axis_ticks_are_plain_numbers():
+  """Issue 12: loss ticks read like 2.1x10^0."""
+  records = [{"step": s, "train/loss": 2.5 - 0.1 * s, "eval/loss": 2.4 - 0.1 * s}
+             for s in range(1, 10)]
+  fig = visualize.curves_figure(records)
+  fig.canvas.draw()
+  loss_ax = fig.axes[0]
+  assert loss_ax.get_yscale() == "log"
+  labels = [t.get_text() for t in loss_ax.get_yticklabels(which="both") if t.get_text()]
+  assert len(labels) >= 3, labels
+  for text in labels:
+    assert "10^" not in text and "times" not in text, labels
+    float(text.replace("\N{MINUS SIGN}", "-"))  # a plain number

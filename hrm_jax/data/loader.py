@@ -8,6 +8,7 @@ state trivial. On several hosts sharing a data_dir, build first with
 
 from __future__ import annotations
 
+import sys
 import time
 
 from etils import epath
@@ -59,6 +60,7 @@ def prepare(data_cfg):
   """
   builder = builders.builder_for(data_cfg)
   if not builder.is_prepared():
+    _progress_bars_only_on_a_terminal()
     start = time.time()
     print(f"[hrm_jax.data] building {builder.name}/"
           f"{builder.builder_config.name} in {data_cfg.data_dir}", flush=True)
@@ -70,6 +72,14 @@ def prepare(data_cfg):
       raise
     print(f"[hrm_jax.data] built in {time.time() - start:.1f} s", flush=True)
   return builder
+
+
+def _progress_bars_only_on_a_terminal() -> None:
+  """TFDS's tqdm bars redraw with escape codes: noise in a log file or a pipe,
+  where our own one-line progress messages remain."""
+  if not (sys.stderr.isatty() and sys.stdout.isatty()):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds.display_progress_bar(False)
 
 
 def _missing_dirs(builder, data_dir) -> list[epath.Path]:

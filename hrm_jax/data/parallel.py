@@ -4,6 +4,12 @@ Generators call `ordered_map` with job ids 0, 1, 2, ... and keep the first
 results that pass a filter. Because each job seeds itself from its id, the
 output is identical for any number of workers. Workers are forked, or
 spawned once JAX is imported (forking JAX's threads can deadlock).
+
+Workers never outlive the generation: each watches its parent and exits when
+the parent is gone (even after a SIGKILL, which runs no clean-up), and a
+consumer that stops early or is interrupted (Ctrl-C, SIGTERM turned into an
+exception by `hrm_jax.preemption.raise_on_sigterm`) terminates them instead
+of waiting for the chunks in flight.
 """
 
 from __future__ import annotations
@@ -15,7 +21,12 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from typing import Callable, Iterator
+
+# How often a worker checks that its parent is still alive.
+_PARENT_POLL_S = 0.5
 
 
 def default_workers() -> int:
@@ -56,9 +67,36 @@ def _context():
                                      else "fork")
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+  """Worker initializer: a daemon thread ends the worker once its parent is
+  gone (re-parented processes see another parent id). Portable, unlike
+  Linux's PR_SET_PDEATHSIG, and immune to which parent thread started us."""
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(_PARENT_POLL_S)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _terminate_workers(ex: concurrent.futures.ProcessPoolExecutor) -> None:
+  """Stops the pool now: pending chunks are cancelled, running ones killed."""
+  processes = list((getattr(ex, "_processes", None) or {}).values())
+  ex.shutdown(wait=False, cancel_futures=True)
+  for process in processes:
+    if process.is_alive():
+      process.terminate()
+  for process in processes:
+    process.join(timeout=5)
+
+
 def _pool_map(fn, args, num_workers, chunk, replay):
-  with concurrent.futures.ProcessPoolExecutor(
-      num_workers, mp_context=_context()) as ex:
+  ex = concurrent.futures.ProcessPoolExecutor(
+      num_workers, mp_context=_context(), initializer=_exit_with_parent,
+      initargs=(os.getpid(),))
+  finished = False
+  try:
     window = collections.deque()
 
     def submit():
@@ -69,15 +107,17 @@ def _pool_map(fn, args, num_workers, chunk, replay):
 
     for _ in range(2 * num_workers):
       submit()
-    try:
-      while window:
-        results = window.popleft().result()
-        replay.clear()  # Only needed until the pool has proven it works.
-        submit()
-        yield from results
-    finally:
-      for fut in window:
-        fut.cancel()
+    while window:
+      results = window.popleft().result()
+      replay.clear()  # Only needed until the pool has proven it works.
+      submit()
+      yield from results
+    finished = True
+  finally:
+    if finished:
+      ex.shutdown(wait=True)
+    else:  # the consumer stopped early, failed or was interrupted
+      _terminate_workers(ex)
 
 
 def _run_chunk(fn, batch):

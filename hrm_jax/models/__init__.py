@@ -23,6 +23,8 @@ import jax
 # arch -> module that defines (and registers) the family.
 _MODULES = {
     "hrm": "hrm_jax.models.hrm",
+    "trm": "hrm_jax.models.trm",
+    "transformer": "hrm_jax.models.transformer",
 }
 # Fields every family config takes from the dataset, never from config.model.
 DATA_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
@@ -48,6 +50,25 @@ class Family:
   segment: Callable[..., Any]
   init_variables: Callable[..., Any]
   train_step_flops: Callable[[Any, int], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class ACTRules:
+  """How a family halts (each reference's spec §2); a config's `act_rules`.
+
+  Attributes:
+    halt_on_q_halt_alone: True: halt when q_halt > 0 (TRM); False: when
+      q_halt > q_continue (HRM, the transformer baseline).
+    q_continue_target: train q_continue on a target bootstrapped from a second,
+      gradient-free segment (HRM only; TRM's `no_ACT_continue` drops it).
+    train_halting: the Q head (with exploration) halts rows during training.
+    eval_halting: it also halts rows at evaluation, without being asked
+      (`config.eval.adaptive_halting` asks for every family).
+  """
+  halt_on_q_halt_alone: bool
+  q_continue_target: bool
+  train_halting: bool = True
+  eval_halting: bool = False
 
 
 _REGISTRY: dict[str, Family] = {}

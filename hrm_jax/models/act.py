@@ -1,10 +1,18 @@
-"""Adaptive computation time around the HRM segment (reference spec §2).
+"""Adaptive computation time around one segment (HRM spec §2, TRM spec §2).
 
 One call of `act_step` is one deep-supervision segment for every row of a
 persistent batch. The carry outlives the batch: rows that halted at the previous
 step are reset to the fixed initial states and take the row of the freshly loaded
 batch at the same index; the other rows keep their example and continue where
 they stopped. All functions are pure and jit-friendly.
+
+The segment comes from the model's family (`models.family_of`) and the halting
+rule from its config's `act_rules` (`models.ACTRules`): HRM halts on
+q_halt > q_continue and bootstraps a Q-continue target with a second segment;
+TRM (`no_ACT_continue`) halts on q_halt > 0 with no target; the transformer
+baseline halts on q_halt > q_continue (`act_enabled`) with no target. The
+carry always holds z_H and z_L [B, L, D] (the baseline carries its unused z_L
+unchanged) so that every family shares one carry layout.
 """
 # pylint: disable=invalid-name
 import functools
@@ -46,6 +54,12 @@ def initial_carry(config: Any, batch_size: int) -> ACTCarry:
   )
 
 
+def initial_states(model: Any, variables: Any) -> tuple[Array, Array]:
+  """(H_init [D], L_init [D]): the fixed states halted rows restart from (the
+  transformer baseline, which has no L state, gives zeros for it)."""
+  return model.apply(variables, method=type(model).initial_states)
+
+
 def reset_halted(carry: ACTCarry, batch: dict[str, Array], H_init_D: Array,
                  L_init_D: Array) -> ACTCarry:
   """Halted rows: states back to H_init/L_init, step count 0, fresh batch row."""
@@ -82,11 +96,19 @@ def act_step(model: Any, variables: Any, carry: ACTCarry,
     adaptive_halting: at evaluation, also halt rows whose Q head says so.
     halt_max_steps: overrides config.halt_max_steps (inference-time scaling).
 
+  Halting follows `model.config.act_rules` (always at halt_max_steps;
+  "training" means training with halt_max_steps > 1, where exploration
+  applies too): the Q rule (q_halt > q_continue, or q_halt > 0 alone) decides
+  in training when `train_halting`, and at evaluation when `adaptive_halting`
+  or the family's `eval_halting`; `q_continue_target` adds the bootstrapped
+  target from a second, gradient-free segment.
+
   Returns:
     (new carry, outputs): logits [B,S,V], q_halt_logits [B], q_continue_logits [B]
-    and, when training with halt_max_steps > 1, target_q_continue [B].
+    and, with a Q-continue target when training, target_q_continue [B].
   """
   cfg = model.config
+  rules = cfg.act_rules
   segment = models.family_of(cfg).segment
   M = cfg.halt_max_steps if halt_max_steps is None else halt_max_steps
   (z_H, z_L), logits_BxSxV, q_halt_B, q_continue_B = segment(
@@ -98,8 +120,11 @@ def act_step(model: Any, variables: Any, carry: ACTCarry,
   steps_B = carry.steps_B + 1
   is_last_B = steps_B >= M
   halted_B = is_last_B
-  q_says_halt_B = jax.lax.stop_gradient(q_halt_B > q_continue_B)
-  if training and M > 1:
+  if rules.halt_on_q_halt_alone:
+    q_says_halt_B = jax.lax.stop_gradient(q_halt_B > 0)  # sigmoid(q_halt) > 0.5
+  else:
+    q_says_halt_B = jax.lax.stop_gradient(q_halt_B > q_continue_B)
+  if training and M > 1 and rules.train_halting:
     halted_B = halted_B | q_says_halt_B
     # Exploration: with probability p a row must run at least U{2..M} segments.
     explore_key, min_steps_key = jax.random.split(rng)
@@ -108,15 +133,16 @@ def act_step(model: Any, variables: Any, carry: ACTCarry,
     min_steps_B = jnp.where(
         explore_B, jax.random.randint(min_steps_key, (B,), 2, M + 1), 0)
     halted_B = halted_B & (steps_B >= min_steps_B)
-    # Q-continue target: Q values of the next segment from the new carry, same
-    # data, no gradient (no replay buffer, no target network: PQN-style).
-    frozen_vars, frozen_rows = jax.lax.stop_gradient((variables, puzzle_rows_BxE))
-    _, _, next_q_halt_B, next_q_continue_B = segment(
-        model, frozen_vars, z_H, z_L, carry.inputs_BxS, frozen_rows)
-    target_B = jax.nn.sigmoid(jnp.where(
-        is_last_B, next_q_halt_B, jnp.maximum(next_q_halt_B, next_q_continue_B)))
-    outputs["target_q_continue"] = jax.lax.stop_gradient(target_B)
-  elif adaptive_halting:
+    if rules.q_continue_target:
+      # Q-continue target: Q values of the next segment from the new carry, same
+      # data, no gradient (no replay buffer, no target network: PQN-style).
+      frozen_vars, frozen_rows = jax.lax.stop_gradient((variables, puzzle_rows_BxE))
+      _, _, next_q_halt_B, next_q_continue_B = segment(
+          model, frozen_vars, z_H, z_L, carry.inputs_BxS, frozen_rows)
+      target_B = jax.nn.sigmoid(jnp.where(
+          is_last_B, next_q_halt_B, jnp.maximum(next_q_halt_B, next_q_continue_B)))
+      outputs["target_q_continue"] = jax.lax.stop_gradient(target_B)
+  elif not training and (adaptive_halting or rules.eval_halting):
     halted_B = halted_B | q_says_halt_B
 
   new_carry = carry.replace(z_H_BxLxD=z_H, z_L_BxLxD=z_L, steps_B=steps_B,
@@ -148,8 +174,7 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
   """
   cfg = model.config
   B = batch["inputs"].shape[0]
-  buffers = variables["buffers"]
-  carry = reset_halted(initial_carry(cfg, B), batch, buffers["H_init"], buffers["L_init"])
+  carry = reset_halted(initial_carry(cfg, B), batch, *initial_states(model, variables))
   rows_BxE = puzzle_emb_PxE[carry.puzzle_identifiers_B]
   step = functools.partial(act_step, model, variables, rng=None, training=False,
                            adaptive_halting=adaptive_halting,

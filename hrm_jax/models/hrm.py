@@ -75,16 +75,16 @@ class HRMConfig:
       raise ValueError("H_cycles and L_cycles must be >= 1.")
     if self.halt_max_steps < 1:
       raise ValueError("halt_max_steps must be >= 1.")
-    if self.attention_impl not in layers.ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}: use one of "
-                       f"{layers.ATTENTION_IMPLS}.")
-    if self.remat not in layers.REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}: use one of "
-                       f"{sorted(layers.REMAT_POLICIES)}.")
+    layers.check_switches(self)
 
   @property
   def dtype(self) -> jnp.dtype:
     return jnp.dtype(self.forward_dtype)
+
+  @property
+  def act_rules(self) -> models.ACTRules:
+    """q_halt > q_continue, and the bootstrapped Q-continue target (spec §2)."""
+    return models.ACTRules(halt_on_q_halt_alone=False, q_continue_target=True)
 
   @property
   def puzzle_emb_len(self) -> int:
@@ -186,11 +186,6 @@ def init_variables(model: HRMInner, rng: jax.Array, batch_size: int = 1) -> Vari
   return model.init(rng, inputs_BxS, rows_BxE)
 
 
-def _cast_floats(tree, dtype):
-  return jax.tree.map(
-      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
 def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
             z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array):
   """One deep-supervision segment (reference `Inner.forward`).
@@ -212,7 +207,7 @@ def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
     frozen = jax.lax.stop_gradient((variables, x_BxLxD, z_H_BxLxD, z_L_BxLxD))
     no_grad_vars, no_grad_x, z_H_BxLxD, z_L_BxLxD = frozen
     # Weights are cast once, outside the loop, instead of in every update.
-    no_grad_vars = _cast_floats(no_grad_vars, cfg.dtype)
+    no_grad_vars = layers.cast_floats(no_grad_vars, cfg.dtype)
   else:
     no_grad_vars, no_grad_x = variables, x_BxLxD
 

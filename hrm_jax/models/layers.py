@@ -8,6 +8,10 @@ with AVX512_BF16.
 
 Dimension letters: B batch, L tokens (puzzle-embedding prefix + grid), D hidden,
 H heads, K head dim, F SwiGLU inner width, V vocabulary.
+
+Blocks mix tokens with self-attention (HRM, TRM-Att) or, with `mlp_t=True`
+(TRM-MLP), with a SwiGLU along the sequence axis whose weights are sized for a
+fixed number of positions.
 """
 # pylint: disable=invalid-name
 import math
@@ -41,6 +45,13 @@ def truncated_normal(std: float) -> Initializer:
 # Truncated LeCun normal: std 1/sqrt(fan_in) with the same correction.
 lecun_truncated_normal = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal")
+
+
+def cast_floats(tree, dtype):
+  """Every floating leaf of `tree` in `dtype` (weights cast once, e.g. before a
+  no-gradient loop, instead of in every update)."""
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def _matmul(x: Array, w: Array, keep_float32: bool = False) -> Array:
@@ -173,6 +184,10 @@ class Attention(nn.Module):
   No mask at all, as in the reference: padding and the puzzle prefix are attended.
   `impl`: "xla" (dense scores, any backend), "cudnn" (fused flash attention,
   GPU, 16-bit only) or "auto" (cudnn where it applies).
+
+  Head width K = D // H as in the reference, so the attention width H * K is D
+  whenever H divides D (HRM, TRM); otherwise (the reference's transformer
+  baseline: D 512, 12 heads, K 42) q, k, v and the o_proj input are H * K wide.
   """
   num_heads: int
   impl: str = "auto"
@@ -184,7 +199,7 @@ class Attention(nn.Module):
     K = D // H
     # Kernel columns: Q heads, then K heads, then V heads, each head contiguous.
     dtype = x_BxLxD.dtype
-    q_BxLxD, k_BxLxD, v_BxLxD = CastedDense(3 * D, num_splits=3, keep_float32=True,
+    q_BxLxD, k_BxLxD, v_BxLxD = CastedDense(3 * H * K, num_splits=3, keep_float32=True,
                                             name="qkv_proj")(x_BxLxD)
     q_BxLxHxK = q_BxLxD.reshape(B, L, H, K)
     k_BxLxHxK = k_BxLxD.reshape(B, L, H, K)
@@ -199,7 +214,7 @@ class Attention(nn.Module):
       out_BxLxHxK = cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
     else:
       out_BxLxHxK = dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-    out_BxLxD = out_BxLxHxK.astype(dtype).reshape(B, L, D)
+    out_BxLxD = out_BxLxHxK.astype(dtype).reshape(B, L, H * K)
     return CastedDense(D, keep_float32=True, name="o_proj")(out_BxLxD)
 
 
@@ -268,7 +283,15 @@ class SwiGLU(nn.Module):
 
 
 class PostNormBlock(nn.Module):
-  """h = norm(h + attn(h)); h = norm(h + mlp(h)).
+  """h = norm(h + mix(h)); h = norm(h + mlp(h)).
+
+  The token mixer `mix` is self-attention, or with `mlp_t` (TRM-MLP) a SwiGLU
+  along the sequence axis: h is transposed to [B, D, L], the SwiGLU maps the L
+  positions of each channel (inner width `swiglu_width(L, expansion)`), and the
+  residual's RMSNorm runs on the transposed tensor, i.e. over the *sequence*
+  axis, as in the reference; then back to [B, L, D] for the channel SwiGLU.
+  Its weights are position-specific, so the block only runs at the
+  `num_positions` it was built for.
 
   The sublayers return float32 accumulators, so each residual add happens in
   float32 inside the norm's fusion (PyTorch adds in bf16 first: a rounding
@@ -278,12 +301,28 @@ class PostNormBlock(nn.Module):
   expansion: float
   rms_norm_eps: float
   attention_impl: str = "auto"
+  mlp_t: bool = False  # token-mixing SwiGLU instead of self-attention
+  num_positions: int = 0  # L the token-mixing weights are sized for (mlp_t only)
 
   @nn.compact
   def __call__(self, h_BxLxD: Array, cos_sin) -> Array:
     dtype = h_BxLxD.dtype
-    attn = Attention(self.num_heads, self.attention_impl, name="self_attn")(h_BxLxD, cos_sin)
-    h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps).astype(dtype)
+    if self.mlp_t:
+      L = h_BxLxD.shape[1]
+      if L != self.num_positions:
+        raise ValueError(
+            f"mlp_t: this block was built for {self.num_positions} positions but got a "
+            f"sequence of {L}: the token-mixing SwiGLU's weights are sized for "
+            f"{self.num_positions} positions (seq_len + puzzle_emb_len), so the model "
+            "only runs at the sequence length it was built for; rebuild it with that "
+            "seq_len (or use attention, mlp_t=False).")
+      h_BxDxL = jnp.swapaxes(h_BxLxD, 1, 2)
+      mix = SwiGLU(self.expansion, name="mlp_t")(h_BxDxL)
+      h_BxDxL = rms_norm(h_BxDxL + mix, self.rms_norm_eps).astype(dtype)  # over L
+      h_BxLxD = jnp.swapaxes(h_BxDxL, 1, 2)
+    else:
+      attn = Attention(self.num_heads, self.attention_impl, name="self_attn")(h_BxLxD, cos_sin)
+      h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps).astype(dtype)
     mlp = SwiGLU(self.expansion, name="mlp")(h_BxLxD)
     return rms_norm(h_BxLxD + mlp, self.rms_norm_eps).astype(dtype)
 
@@ -310,6 +349,17 @@ REMAT_POLICIES = {
 }
 
 
+def check_switches(config) -> None:
+  """Raises ValueError naming the choices unless `config.attention_impl` and
+  `config.remat` (every family's implementation switches) are known ones."""
+  if config.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={config.attention_impl!r}: use one of "
+                     f"{ATTENTION_IMPLS}.")
+  if config.remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={config.remat!r}: use one of {sorted(REMAT_POLICIES)} "
+                     "(config.model.remat).")
+
+
 def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
   """`block_cls` wrapped by the `remat` policy (see REMAT_POLICIES); same parameters."""
   if remat not in REMAT_POLICIES:
@@ -321,12 +371,18 @@ def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
 
 
 class ReasoningModule(nn.Module):
-  """One H or L update: add the input injection, then run the block stack."""
+  """One update: add the input injection, then run the block stack.
+
+  HRM has two (H and L), TRM one shared by both of its updates, the transformer
+  baseline one. `mlp_t`/`num_positions` are passed to every block.
+  """
   num_layers: int
   num_heads: int
   expansion: float
   rms_norm_eps: float
   attention_impl: str = "auto"
+  mlp_t: bool = False
+  num_positions: int = 0
   remat: str = "none"  # REMAT_POLICIES
 
   @nn.compact
@@ -335,5 +391,7 @@ class ReasoningModule(nn.Module):
     block = remat_block(PostNormBlock, self.remat)
     for i in range(self.num_layers):
       h_BxLxD = block(self.num_heads, self.expansion, self.rms_norm_eps,
-                      self.attention_impl, name=f"layers_{i}")(h_BxLxD, cos_sin)
+                      self.attention_impl, mlp_t=self.mlp_t,
+                      num_positions=self.num_positions,
+                      name=f"layers_{i}")(h_BxLxD, cos_sin)
     return h_BxLxD
