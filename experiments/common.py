@@ -117,6 +117,9 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.opt.weight_decay = 0.1  # Decoupled, times lr.
   c.opt.puzzle_emb_lr = 1e-2  # SignSGD on the puzzle-embedding rows of the batch.
   c.opt.puzzle_emb_weight_decay = 0.1
+  # True: the dense weights stay as they are (fine-tuning only the puzzle embeddings
+  # of new puzzles, TRM's freeze_weights; use with init_from).
+  c.opt.freeze_weights = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.type = "exact_match"  # Module in hrm_jax/evaluators/.
@@ -126,6 +129,12 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.eval.max_batches = -1  # >= 0: evaluate only the first batches (quick looks).
   c.eval.halt_max_steps = -1  # > 0: segments at eval (inference-time scaling).
   c.eval.adaptive_halting = False  # Halt rows by the Q head instead of running M_max.
+  # Test-time compute (hrm_jax/sampling.py): K trajectories per row, one batched run
+  # (memory and time grow K-fold: lower eval.batch_size for large K).
+  c.eval.num_samples = 1
+  c.eval.latent_noise = 0.0  # Std of the Gaussian noise on z_H/z_L before each segment.
+  c.eval.select = "q_halt"  # Which of the K is the answer: "q_halt", "vote" or "checker".
+  c.eval.sample_seed = 0  # Seeds the latent noise (batch i folds in i).
 
   c.mesh = "data:-1,fsdp:1"  # axis:size pairs; one -1 takes the remaining devices.
   c.ckpt = ml_collections.ConfigDict()

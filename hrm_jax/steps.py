@@ -8,9 +8,10 @@ train_step(state, carry, batch, rng) -> (state, carry, metric sums)
   `accumulated_train_step` is the same update with the rows run in k
   micro-batches (`config.grad_accum_steps`): the paper's batch on fewer chips.
 
-eval_step(weights, batch) -> (metric sums, per-row outputs)
+eval_step(weights, batch, rng) -> (metric sums, per-row outputs)
   = a fresh carry run to the end (`act.rollout`), metrics from the last
-  segment (reference `pretrain.evaluate`).
+  segment (reference `pretrain.evaluate`); with K sampled trajectories per row,
+  those of the one `hrm_jax.sampling` chooses, plus every rule's accuracy.
 
 `build_train_step` returns the jitted, sharded train step with its shardings
 and abstract arguments: the trainer, the AOT compile check, the benchmarks and
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hrm_jax import cpu_kind, losses, models, optim, sharding, state as state_lib
+from hrm_jax import cpu_kind, losses, models, optim, sampling, sharding, state as state_lib
 from hrm_jax.models import act
 
 Array = jax.Array
@@ -249,24 +250,49 @@ def check_grad_accum_steps(grad_accum_steps: int, global_batch_size: int,
         f"of {sorted(near)} (divisors of {per_device}), or change config.batch_size.")
 
 
-def eval_step(weights: state_lib.Weights, batch: dict[str, Array], *, model,
-              halt_max_steps: int, adaptive_halting: bool = False):
+def eval_step(weights: state_lib.Weights, batch: dict[str, Array], rng: Array | None = None,
+              *, model, halt_max_steps: int, adaptive_halting: bool = False,
+              num_samples: int = 1, latent_noise: float = 0.0, select: str = "q_halt"):
   """Runs a fresh carry to the end on one batch.
+
+  With `num_samples` K > 1 the rollout runs K (noisy, `latent_noise`, from
+  `rng`) trajectories per row and `select` picks one (`hrm_jax.sampling`;
+  "checker" needs the host's rule check, so here it takes the q_halt choice
+  and the evaluator applies the checker to the rows). The metrics of
+  `losses.act_loss` are those of the chosen sample; the sums of
+  `sampling.sample_metric_sums` (every rule and the oracle) are added. With
+  K = 1 the step is the plain evaluation (plus the noise, if any).
 
   Returns:
     (metric sums as in `losses.act_loss` with every row counted as halted,
-     outputs: predictions [B,S] int32, q_halt_logits [B], steps [B]).
+     outputs: predictions [B,S] int32, q_halt_logits [B], steps [B] of the
+     chosen sample and, when K > 1, sample_predictions [B,K,S] and
+     sample_q_halt_logits [B,K]).
   """
+  K = num_samples
   carry, outputs, _ = act.rollout(model, weights.variables(), weights.puzzle_emb, batch,
                                   halt_max_steps=halt_max_steps,
-                                  adaptive_halting=adaptive_halting)
+                                  adaptive_halting=adaptive_halting, num_samples=K,
+                                  latent_noise=latent_noise, rng=rng)
+  extra_sums, extra_rows = {}, {}
+  if K > 1:
+    predictions_BxKxS = sampling.split_samples(
+        jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32), K)
+    q_halt_BxK = sampling.split_samples(outputs["q_halt_logits"], K)
+    choice_B, _ = sampling.choose(select, predictions_BxKxS, q_halt_BxK)
+    rows_B = jnp.arange(choice_B.shape[0]) * K + choice_B  # into the B*K rows
+    carry, outputs = jax.tree.map(lambda x: x[rows_B], (carry, outputs))
+    extra_sums = sampling.sample_metric_sums(predictions_BxKxS, q_halt_BxK, batch["labels"])
+    extra_rows = {"sample_predictions": predictions_BxKxS,
+                  "sample_q_halt_logits": q_halt_BxK}
   loss_sum, metric_sums = losses.act_loss(outputs, carry, model.config.loss_type)
   row_outputs = {
       "predictions": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32),
       "q_halt_logits": outputs["q_halt_logits"],
       "steps": carry.steps_B,
+      **extra_rows,
   }
-  return dict(metric_sums, loss=loss_sum), row_outputs
+  return dict(metric_sums, loss=loss_sum, **extra_sums), row_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,7 +409,13 @@ def build_train_step(model_cfg: Any, opt_cfg, total_steps: int, global_batch_siz
       grad_accum_steps=grad_accum_steps)
 
 
-def build_eval_step(model: Any, halt_max_steps: int, adaptive_halting: bool = False):
-  """The jitted `eval_step(weights, batch)` of a model."""
+def build_eval_step(model: Any, halt_max_steps: int, adaptive_halting: bool = False, *,
+                    num_samples: int = 1, latent_noise: float = 0.0, select: str = "q_halt"):
+  """The jitted `eval_step(weights, batch, rng=None)` of a model (`rng`: the noise
+  key, needed when latent_noise > 0; bad sampling options fail here, naming the
+  config.eval field)."""
+  sampling.check_options(num_samples, latent_noise, select)
   return jax.jit(functools.partial(eval_step, model=model, halt_max_steps=halt_max_steps,
-                                   adaptive_halting=adaptive_halting))
+                                   adaptive_halting=adaptive_halting,
+                                   num_samples=int(num_samples),
+                                   latent_noise=float(latent_noise), select=select))
