@@ -187,14 +187,25 @@ def init_variables(model: HRMInner, rng: jax.Array, batch_size: int = 1) -> Vari
 
 
 def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
-            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array):
+            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array, *,
+            trace: bool = False):
   """One deep-supervision segment (reference `Inner.forward`).
 
   Update order for N = H_cycles, T = L_cycles: T L-updates then one H-update, N
   times. All but the final L and final H update run without gradient.
 
+  Args:
+    model, variables: the inner model and its {"params", "buffers"}.
+    z_H_BxLxD, z_L_BxLxD: the carried states.
+    inputs_BxS, puzzle_rows_BxE: the example and its puzzle-embedding rows.
+    trace: (static) also return every intermediate state, for `analyze`. Off,
+      the function and its compiled program are exactly those without it.
+
   Returns:
-    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B]).
+    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B])
+    and, with `trace`, a fifth item {"z_L": [N*T,B,L,D] the state after each
+    L-update, "z_H": [N,B,L,D] after each H-update}, in update order, without
+    gradient (the last entries are the new carry).
   """
   cfg = model.config
   L_update = functools.partial(model.apply, method=HRMInner.L_update)
@@ -217,29 +228,44 @@ def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
   def H_step(z_H, z_L):
     return H_update(no_grad_vars, z_H, z_L)
 
+  # With `trace`, the states after each update in order (lists of [k,B,L,D]);
+  # without it the loops emit nothing extra (scan outputs None, as before).
+  trace_L, trace_H = [], []
   N, T = cfg.H_cycles, cfg.L_cycles
   if cfg.scan:
     def l_body(z_L, _, z_H):
-      return L_step(z_H, z_L), None
+      z_L = L_step(z_H, z_L)
+      return z_L, (z_L if trace else None)
 
     def cycle_body(z_HL, _):
       z_H, z_L = z_HL
-      z_L, _ = jax.lax.scan(functools.partial(l_body, z_H=z_H), z_L, length=T)
-      return (H_step(z_H, z_L), z_L), None
+      z_L, zs_L = jax.lax.scan(functools.partial(l_body, z_H=z_H), z_L, length=T)
+      z_H = H_step(z_H, z_L)
+      return (z_H, z_L), ((zs_L, z_H) if trace else None)
 
     if N > 1:
-      (z_H_BxLxD, z_L_BxLxD), _ = jax.lax.scan(
+      (z_H_BxLxD, z_L_BxLxD), ys = jax.lax.scan(
           cycle_body, (z_H_BxLxD, z_L_BxLxD), length=N - 1)
+      if trace:
+        zs_L, zs_H = ys  # [N-1, T, B, L, D], [N-1, B, L, D]
+        trace_L.append(zs_L.reshape((-1,) + zs_L.shape[2:]))
+        trace_H.append(zs_H)
     if T > 1:
-      z_L_BxLxD, _ = jax.lax.scan(functools.partial(l_body, z_H=z_H_BxLxD),
-                                  z_L_BxLxD, length=T - 1)
+      z_L_BxLxD, zs_L = jax.lax.scan(functools.partial(l_body, z_H=z_H_BxLxD),
+                                     z_L_BxLxD, length=T - 1)
+      if trace:
+        trace_L.append(zs_L)
   else:
     for h in range(N):
       for l in range(T):
         if not (h == N - 1 and l == T - 1):
           z_L_BxLxD = L_step(z_H_BxLxD, z_L_BxLxD)
+          if trace:
+            trace_L.append(z_L_BxLxD[None])
       if h != N - 1:
         z_H_BxLxD = H_step(z_H_BxLxD, z_L_BxLxD)
+        if trace:
+          trace_H.append(z_H_BxLxD[None])
 
   # The one-step-gradient updates, with the trainable weights.
   z_L_BxLxD = L_update(variables, z_L_BxLxD, z_H_BxLxD, x_BxLxD)
@@ -247,7 +273,12 @@ def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
   logits_BxSxV, q_halt_B, q_continue_B = model.apply(
       variables, z_H_BxLxD, method=HRMInner.heads)
   new_carry = jax.lax.stop_gradient((z_H_BxLxD, z_L_BxLxD))
-  return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+  if not trace:
+    return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+  states = {"z_L": trace_L + [z_L_BxLxD[None]], "z_H": trace_H + [z_H_BxLxD[None]]}
+  states = {k: jax.lax.stop_gradient(jnp.concatenate([s.astype(v[-1].dtype) for s in v]))
+            for k, v in states.items()}
+  return new_carry, logits_BxSxV, q_halt_B, q_continue_B, states
 
 
 def block_params(cfg: HRMConfig) -> int:
