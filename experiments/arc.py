@@ -9,6 +9,16 @@ verified 32% semi-private), ~0.05 on ARC-AGI-2 (paper 5.0%).
 The puzzle-embedding table has ~1M rows x 512: on pods use an fsdp mesh
 (e.g. --config.mesh=data:-1,fsdp:8) so it is split, not replicated.
 
+One GPU (`:1gpu`, combines: `:arc2,1gpu`): the paper's run unchanged (global
+batch 768, every hyperparameter) with the batch run in 16 micro-batches of 48
+rows inside each step (gradient accumulation: one update per 768 rows):
+  python -m hrm_jax.main --config=experiments/arc.py:1gpu --workdir=/tmp/hrm_arc1_1gpu
+k = 16 as for Maze (experiments/maze.py: the same 901 positions and model; the
+~800k x 512 puzzle table adds 1.6 GB): `python launch/compile_check.py
+--config=experiments/arc.py:1gpu --mesh=data:1` gives the CPU compiler's
+temporaries per k (BUILD_NOTES.md, "One GPU at paper batch"); the GPU peak is
+still to be measured (benchmarks/gpu_session.py: arc_1gpu).
+
 CPU: a handful of real ARC-AGI-1 tasks end to end (augment, train, vote, pass@k):
   python -m hrm_jax.main --config=experiments/arc.py:cpu --workdir=/tmp/hrm_arc_cpu
 
@@ -18,12 +28,26 @@ TRM (arXiv 2510.04871): `:trm` (ARC-AGI-1) and `:trm,arc2`: TRM-Att, n = 4, EMA
 (arc/pass@2 = arc/per_input_pass@2; HRM's all-inputs rule is reported beside it).
 Expected ~0.45 / ~0.08 (paper 44.6% / 7.8%, with ConceptARC in training:
 --config.data.source=dirs:...; 6,829,058 params).
+
+Test-time adaptation (`:tta`, arXiv 2511.02886; combines with the others, e.g.
+`:tta,trm,arc2` or `:tta,cpu`): starts from a pretrained workdir, which must be
+given, --config.init_from=<workdir or `convert` output>; trains on the evaluation
+tasks' demonstration pairs only (`data.test_time`: their augmented variants get
+fresh puzzle ids, whose embedding rows start at the mean of the pretrained table)
+and predicts their test inputs with the usual voting. Full fine-tuning as the paper
+(12,500 steps; embeddings and weights: its embedding-only runs were worse); add
+--config.opt.freeze_weights=True to train the puzzle embeddings alone:
+  python -m hrm_jax.main --config=experiments/arc.py:tta,trm,arc2 \
+    --config.init_from=gs://BUCKET/trm_arc2 --workdir=gs://BUCKET/trm_arc2_tta
+Note: the reference split already trains on these demonstration pairs (under
+other ids), so adapting a model pretrained on it measures the fresh-embedding
+protocol rather than generalisation to unseen tasks.
 """
 from experiments import common
 
 
 # Variant tokens of --config=experiments/arc.py:TOKEN[,TOKEN] (none = the paper's).
-VARIANTS = ("arc2", "cpu", "smoke", "trm")
+VARIANTS = ("arc2", "cpu", "smoke", "trm", "1gpu", "tta")
 
 
 def get_config(arg: str | None = None):
@@ -59,7 +83,21 @@ def get_config(arg: str | None = None):
       c.log_every_steps = 20
     else:
       common.smoke(c)
+  if "1gpu" in tokens:
+    c.grad_accum_steps = ONE_GPU_ACCUM_STEPS
+  if "tta" in tokens:
+    c.data.test_time = True  # train: evaluation demos only; test: their test inputs
+    if tokens & {"cpu", "smoke"}:
+      c.total_steps = 100 if "cpu" in tokens else 4
+    else:
+      c.total_steps = 12500  # the paper's post-training budget
+      c.opt.lr_warmup_steps = 500  # our choice (not measured): the weights are trained
+    c.eval.every_steps = c.total_steps
   return c
+
+
+# Micro-batches per step of `:1gpu` (module docstring: how it was chosen).
+ONE_GPU_ACCUM_STEPS = 16
 
 
 def sweep(add):

@@ -17,7 +17,7 @@ import sys
 
 import ml_collections
 
-from hrm_jax import data, models
+from hrm_jax import cpu_kind, data, models
 
 
 def parse_arg(arg: str | None, known: tuple[str, ...]) -> frozenset[str]:
@@ -100,6 +100,11 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(models.default_fields(arch))
 
   c.batch_size = 768  # Global batch, split over processes and devices.
+  # k > 1: each device runs its rows in k micro-batches inside the step and
+  # applies one update (same numbers, 1/k of the activation memory); k must
+  # divide the per-device batch. `launch/compile_check.py --device_memory=80GiB`
+  # picks one.
+  c.grad_accum_steps = 1
   c.epochs = 100000  # Reference epochs (one random variant per group each).
   c.total_steps = -1  # > 0 overrides the step count derived from epochs.
 
@@ -112,6 +117,9 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.opt.weight_decay = 0.1  # Decoupled, times lr.
   c.opt.puzzle_emb_lr = 1e-2  # SignSGD on the puzzle-embedding rows of the batch.
   c.opt.puzzle_emb_weight_decay = 0.1
+  # True: the dense weights stay as they are (fine-tuning only the puzzle embeddings
+  # of new puzzles, TRM's freeze_weights; use with init_from).
+  c.opt.freeze_weights = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.type = "exact_match"  # Module in hrm_jax/evaluators/.
@@ -121,6 +129,12 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.eval.max_batches = -1  # >= 0: evaluate only the first batches (quick looks).
   c.eval.halt_max_steps = -1  # > 0: segments at eval (inference-time scaling).
   c.eval.adaptive_halting = False  # Halt rows by the Q head instead of running M_max.
+  # Test-time compute (hrm_jax/sampling.py): K trajectories per row, one batched run
+  # (memory and time grow K-fold: lower eval.batch_size for large K).
+  c.eval.num_samples = 1
+  c.eval.latent_noise = 0.0  # Std of the Gaussian noise on z_H/z_L before each segment.
+  c.eval.select = "q_halt"  # Which of the K is the answer: "q_halt", "vote" or "checker".
+  c.eval.sample_seed = 0  # Seeds the latent noise (batch i folds in i).
 
   c.mesh = "data:-1,fsdp:1"  # axis:size pairs; one -1 takes the remaining devices.
   c.ckpt = ml_collections.ConfigDict()
@@ -190,9 +204,16 @@ def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) 
 
   Tiny HRM (hidden 64, 4 heads, 2 layers per module, RoPE), M=4 segments (M=8 was
   slower per second), lr 2e-3 after 100 warm-up steps then cosine to 2e-4, batch
-  128, bfloat16 activations (1.5x the float32 step rate on a 2-core AVX-512 CPU).
+  128. Activations in bfloat16 where the CPU has bf16 units (AVX512_BF16 or
+  AMX: 1.5x the float32 step rate on a 2-core AVX-512 CPU), float32 elsewhere
+  (`hrm_jax.cpu_kind`: the detection and the resume rule); the same steps and
+  schedule either way. `config.cpu_auto_dtype` records the automatic choice
+  (a resumed run keeps the dtype it started with: `cpu_kind.resume_dtype`);
+  --config.model.forward_dtype overrides it.
   """
-  shrink_for_cpu(c, hidden=64, heads=4, layers=2, dtype="bfloat16")
+  dtype = cpu_kind.recipe_dtype()
+  shrink_for_cpu(c, hidden=64, heads=4, layers=2, dtype=dtype)
+  c.cpu_auto_dtype = dtype
   c.model.H_cycles = 2
   c.model.L_cycles = 2
   c.model.halt_max_steps = 4

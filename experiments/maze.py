@@ -7,6 +7,22 @@ batch at 369 examples/s in 19.5 GiB, so 8 of them take ~0.26 s a step, ~2 h in a
 Expected: eval/exact_accuracy ~0.745 (paper 74.5%).
 Without the CSV files, `source=generate` builds Maze-Hard-like mazes locally.
 
+One GPU (`:1gpu`): the paper's run unchanged (global batch 768, every
+hyperparameter) with the batch run in 16 micro-batches of 48 rows inside each
+step (gradient accumulation: one update per 768 rows, the same numbers):
+  python -m hrm_jax.main --config=experiments/maze.py:1gpu --workdir=/tmp/hrm_maze_1gpu \
+    --config.data.source=csv:/path/to/maze-30x30-hard-1k
+How k = 16 was chosen (BUILD_NOTES.md, "One GPU at paper batch"):
+`python launch/compile_check.py --config=experiments/maze.py --mesh=data:1
+--device_memory=80GiB` estimates the step's per-device peak from the CPU
+compiler (dense attention, memory-minimising schedule): 472 GiB at k=1,
+240 / 122 / 64 / 34 GiB at k = 2 / 4 / 8 / 16. k = 16 is the smallest power of
+two under 75% of 80 GiB (JAX's default GPU preallocation) with a wide margin
+(34 of 60 GiB) and needs no rematerialisation. The GPU peak is still to be
+measured (benchmarks/gpu_session.py: maze_1gpu, and maze_1gpu_k8 for the
+next smaller k; cuDNN attention keeps no L x L scores, so k = 8 may fit and
+run faster: then lower it here).
+
 CPU (2 cores): small mazes with the same charset and rules:
   python -m hrm_jax.main --config=experiments/maze.py:cpu --workdir=/tmp/hrm_maze_cpu
 Measured on a 2-core CPU (BUILD_NOTES.md): 91% exact on 512 held-out 7x7 mazes
@@ -22,7 +38,7 @@ from experiments import common
 
 
 # Variant tokens of --config=experiments/maze.py:TOKEN[,TOKEN] (none = the paper's).
-VARIANTS = ("cpu", "smoke", "trm")
+VARIANTS = ("cpu", "smoke", "trm", "1gpu")
 
 
 def get_config(arg: str | None = None):
@@ -49,7 +65,13 @@ def get_config(arg: str | None = None):
     c.data.grid_size = 7
     c.data.train_size = 32
     c.data.test_size = 32
+  if "1gpu" in tokens:
+    c.grad_accum_steps = ONE_GPU_ACCUM_STEPS
   return c
+
+
+# Micro-batches per step of `:1gpu` (module docstring: how it was chosen).
+ONE_GPU_ACCUM_STEPS = 16
 
 
 def sweep(add):

@@ -17,7 +17,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from hrm_jax import data, workdir as workdir_lib
+from hrm_jax import data, sampling, workdir as workdir_lib
 from hrm_jax.data import puzzles
 from hrm_jax.models import act
 
@@ -60,24 +60,29 @@ def check_compatible(loaded: Loaded, family: str, seq_len: int) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _rollout_fn(model: Any, halt_max_steps: int, adaptive: bool) -> Callable:
-  """One jitted rollout per (model, M, adaptive): the tools call it for several
-  batches of the same shape."""
+def _rollout_fn(model: Any, halt_max_steps: int, adaptive: bool, num_samples: int = 1,
+                latent_noise: float = 0.0) -> Callable:
+  """One jitted rollout per (model, M, adaptive, K, sigma): the tools call it for
+  several batches of the same shape. Outputs are per sample: [B, K, ...]."""
+  K = num_samples
 
-  def run(weights, batch):
+  def run(weights, batch, rng):
     carry, outputs, trajectory = act.rollout(
         model, weights.variables(), weights.puzzle_emb, batch,
-        halt_max_steps=halt_max_steps, adaptive_halting=adaptive, keep_trajectory=True)
-    return {"predictions": outputs["logits"].argmax(-1).astype(np.int32),
-            "trajectory": trajectory, "steps": carry.steps_B,
-            "q_halt_logits": outputs["q_halt_logits"]}
+        halt_max_steps=halt_max_steps, adaptive_halting=adaptive, keep_trajectory=True,
+        num_samples=K, latent_noise=latent_noise, rng=rng)
+    split = lambda x: sampling.split_samples(x, K)
+    return {"predictions": split(outputs["logits"].argmax(-1).astype(np.int32)),
+            "trajectory": jax.vmap(split)(trajectory), "steps": split(carry.steps_B),
+            "q_halt_logits": split(outputs["q_halt_logits"])}
 
   return jax.jit(run)
 
 
 def predict(loaded: Loaded, inputs_NxS: np.ndarray, puzzle_identifiers_N: np.ndarray,
             *, halt_max_steps: int | None = None, adaptive: bool = False,
-            batch_size: int = 64) -> dict[str, np.ndarray]:
+            batch_size: int = 64, num_samples: int = 1, latent_noise: float = 0.0,
+            select: str = "q_halt", seed: int = 0) -> dict[str, np.ndarray]:
   """Runs a fresh ACT carry over any number of rows; per-row numpy outputs.
 
   Args:
@@ -88,24 +93,45 @@ def predict(loaded: Loaded, inputs_NxS: np.ndarray, puzzle_identifiers_N: np.nda
       training value is the paper's inference-time scaling.
     adaptive: stop each row when its Q head says halt instead of always
       running halt_max_steps segments.
-    batch_size: rows per forward pass (the last chunk is padded).
+    batch_size: rows per forward pass (the last chunk is padded); each runs
+      batch_size * num_samples trajectories.
+    num_samples: K trajectories per row (`act.rollout`), one chosen by `select`.
+    latent_noise: sigma of the noise on the carry before each segment.
+    select: "q_halt", "vote" or "checker" (`hrm_jax.sampling`; "checker" runs
+      the model's puzzle family's rule check on every candidate).
+    seed: seeds the noise (chunk c folds in c): the same call gives the same
+      samples.
 
   Returns:
     predictions [N,S], trajectory [M,N,S] (argmax after each segment; rows
     that halted early repeat their final answer), steps [N] (segments used),
     q_halt_logits [N] and q_halt_confidence [N] = sigmoid(q_halt), all of the
-    last segment each row ran.
+    last segment each row ran, of the chosen sample; and every sample's
+    sample_predictions [N,K,S], sample_q_halt_logits [N,K], sample_steps
+    [N,K]; with the family's rule check (not ARC), sample_accepted [N,K];
+    with select="checker", unsure [N] (no candidate passed the check).
   """
   M = halt_max_steps or loaded.model.config.halt_max_steps
   if M < 1:
     raise InferenceError(f"halt_max_steps must be >= 1, got {M}.")
+  try:
+    sampling.check_options(num_samples, latent_noise, select, prefix="")
+  except ValueError as e:
+    raise InferenceError(str(e)) from None
+  check = data.family(loaded.family).check_answer if loaded.family else None
+  try:
+    sampling.check_family(select, loaded.family, check, prefix="")
+  except ValueError as e:
+    raise InferenceError(str(e)) from None
   inputs = np.asarray(inputs_NxS, np.int32)
   ids = np.asarray(puzzle_identifiers_N, np.int32).reshape(-1)
   N = len(inputs)
   B = max(1, min(batch_size, N))
-  run = _rollout_fn(loaded.model, int(M), bool(adaptive))
+  K = int(num_samples)
+  run = _rollout_fn(loaded.model, int(M), bool(adaptive), K, float(latent_noise))
+  key = jax.random.key(seed)
   parts = []
-  for start in range(0, N, B):
+  for chunk, start in enumerate(range(0, N, B)):
     chunk_x, chunk_id = inputs[start:start + B], ids[start:start + B]
     pad = B - len(chunk_x)  # one shape, one compile
     batch = {
@@ -114,13 +140,28 @@ def predict(loaded: Loaded, inputs_NxS: np.ndarray, puzzle_identifiers_N: np.nda
         "labels": np.full((B, inputs.shape[1]), puzzles.IGNORE_LABEL_ID, np.int32),
         "puzzle_identifiers": np.pad(chunk_id, (0, pad)),
     }
-    out = jax.device_get(run(loaded.weights, batch))
+    out = jax.device_get(run(loaded.weights, batch, jax.random.fold_in(key, chunk)))
     keep = len(chunk_x)
     parts.append({k: (v[:, :keep] if k == "trajectory" else v[:keep])
                   for k, v in out.items()})
-  out = {k: np.concatenate([p[k] for p in parts], axis=1 if k == "trajectory" else 0)
-         for k in parts[0]}
+  samples = {k: np.concatenate([p[k] for p in parts], axis=1 if k == "trajectory" else 0)
+             for k in parts[0]}
+  accepted = None
+  if check is not None and (K > 1 or select == "checker"):
+    accepted = sampling.accepted(check, inputs, samples["predictions"])
+  choice, unsure = sampling.choose(select, samples["predictions"],
+                                   samples["q_halt_logits"], accepted)
+  choice = np.asarray(choice)
+  out = {k: sampling.take(samples[k], choice)
+         for k in ("predictions", "steps", "q_halt_logits")}
+  out["trajectory"] = samples["trajectory"][:, np.arange(N), choice]  # [M, N, S]
   out["q_halt_confidence"] = sigmoid(out["q_halt_logits"])
+  out.update(sample_predictions=samples["predictions"],
+             sample_q_halt_logits=samples["q_halt_logits"], sample_steps=samples["steps"])
+  if accepted is not None:
+    out["sample_accepted"] = accepted
+  if unsure is not None:
+    out["unsure"] = np.asarray(unsure)
   return out
 
 

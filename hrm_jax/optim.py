@@ -13,7 +13,8 @@ This module owns everything that turns gradients into parameter changes
   so a dense [P, E] gradient or Adam state would be the largest tensors of the
   whole run; the reference uses SignSGD on the rows seen ("Adam ≈ SignSGD if
   the gradient is very sparse") and so do we.
-* `build_optimizers`: both of the above from `config.opt` (`Optimizers`).
+* `build_optimizers`: both of the above from `config.opt` (`Optimizers`;
+  `freeze_weights` leaves the dense weights alone).
 * `ema_update`: TRM's exponential moving average of the weights (spec §4.4).
 
 Step convention: optax passes schedules the 0-based number of updates applied
@@ -224,9 +225,15 @@ def build_optimizers(opt_cfg: ml_collections.ConfigDict, total_steps: int) -> Op
   by the train step with `puzzle_emb_lr(count)` for the same 0-based count the
   dense optimiser is at.
 
+  With `freeze_weights` (TRM's option for fine-tuning on new puzzles) the
+  dense optimiser is `optax.set_to_zero()`: every dense update is exactly 0
+  (no Adam state, no weight decay), so the dense weights stay bit for bit, and
+  `dense_lr` is 0 so the logged LR says so; only the puzzle embeddings train.
+
   Args:
     opt_cfg: fields lr, lr_min_ratio, lr_warmup_steps, beta1, beta2,
-      weight_decay, puzzle_emb_lr, puzzle_emb_weight_decay.
+      weight_decay, puzzle_emb_lr, puzzle_emb_weight_decay and, optionally,
+      freeze_weights.
     total_steps: updates in the whole run.
   """
 
@@ -234,9 +241,13 @@ def build_optimizers(opt_cfg: ml_collections.ConfigDict, total_steps: int) -> Op
     return lr_schedule(base_lr, opt_cfg.lr_warmup_steps, total_steps,
                        opt_cfg.lr_min_ratio)
 
-  dense_lr = schedule(opt_cfg.lr)
-  dense_tx = adam_atan2(dense_lr, b1=opt_cfg.beta1, b2=opt_cfg.beta2,
-                        weight_decay=opt_cfg.weight_decay)
+  if opt_cfg.get("freeze_weights", False):
+    dense_lr = lambda count: jnp.zeros([], jnp.float32)
+    dense_tx = optax.set_to_zero()
+  else:
+    dense_lr = schedule(opt_cfg.lr)
+    dense_tx = adam_atan2(dense_lr, b1=opt_cfg.beta1, b2=opt_cfg.beta2,
+                          weight_decay=opt_cfg.weight_decay)
   return Optimizers(dense_tx, dense_lr, schedule(opt_cfg.puzzle_emb_lr),
                     float(opt_cfg.puzzle_emb_weight_decay))
 

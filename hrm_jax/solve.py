@@ -19,6 +19,14 @@ more is the paper's inference-time scaling); with --adaptive each puzzle
 stops when its Q head says halt. The Q-halt confidence printed is
 sigmoid(q_halt) of the last segment run.
 
+Test-time compute (`hrm_jax.sampling`): --num_samples=K runs K trajectories
+at once, with --latent_noise=SIGMA Gaussian noise on the latent state before
+each segment (seeded by --sample_seed), and --select picks the answer:
+"q_halt" (the most confident), "vote" (the most frequent) or "checker" (the
+most confident one that passes the puzzle's rule check; "unsure" when none
+does; not for ARC, which has no rule check). Sudoku and maze results say
+whether the checker accepts the chosen answer and how many samples it accepted.
+
 ARC: an HRM knows a task only through its learned puzzle embedding, trained
 on the task's demonstration pairs; the demonstrations in the JSON are not
 read at inference. When the task id (the file name) is among the model's
@@ -42,6 +50,7 @@ import numpy as np
 
 from hrm_jax import errors as tool_errors
 from hrm_jax import inference
+from hrm_jax import sampling
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import errors
 from hrm_jax.data import maze as maze_data
@@ -174,51 +183,76 @@ def _halting(adaptive: bool, used: int, M: int) -> str:
   return f"fixed: all {M} segments (no --adaptive)"
 
 
-def _common(loaded: inference.Loaded, M: int, adaptive: bool) -> dict[str, Any]:
+def _common(loaded: inference.Loaded, M: int, adaptive: bool,
+            sampling_opts: dict[str, Any]) -> dict[str, Any]:
   return {"model": loaded.directory, "checkpoint_step": loaded.step,
-          "halt_max_steps": M, "adaptive_halting": adaptive}
+          "halt_max_steps": M, "adaptive_halting": adaptive,
+          "num_samples": sampling_opts.get("num_samples", 1),
+          "latent_noise": sampling_opts.get("latent_noise", 0.0),
+          "select": sampling_opts.get("select", "q_halt")}
+
+
+def _sample_fields(out: dict[str, Any], accepts: bool) -> dict[str, Any]:
+  """What the K samples of row 0 say: the checker's verdict on the chosen
+  answer, how many samples it accepted, distinct answers, 'unsure'."""
+  samples = out.get("sample_predictions")
+  accepted = out.get("sample_accepted")
+  return {
+      "checker_accepts": bool(accepts),
+      "samples_accepted": None if accepted is None else int(np.sum(accepted[0])),
+      "distinct_answers": (None if samples is None else
+                           len({bytes(np.ascontiguousarray(p)) for p in samples[0]})),
+      # select="checker" and no sample passed: the answer is the Q head's guess.
+      "unsure": bool(out["unsure"][0]) if "unsure" in out else False,
+  }
 
 
 def solve_sudoku(loaded: inference.Loaded, board: np.ndarray, M: int,
-                 adaptive: bool) -> dict[str, Any]:
-  """Runs the model on one board and checks the answer against the rules."""
+                 adaptive: bool, **sampling_opts) -> dict[str, Any]:
+  """Runs the model on one board and checks the answer against the rules.
+
+  `sampling_opts`: num_samples, latent_noise, select, seed of `inference.predict`.
+  """
   n = board.shape[0]
   inference.check_compatible(loaded, "sudoku", n * n)
   inputs = sudoku_data.encode(board)
   out = inference.predict(loaded, inputs[None], np.zeros(1),
-                          halt_max_steps=M, adaptive=adaptive)
+                          halt_max_steps=M, adaptive=adaptive, **sampling_opts)
   tokens = out["predictions"][0]
   problem = sudoku_data.check_answer(inputs, tokens)
   # Token d+1 is digit d; anything below 2 (PAD, blank) is shown as blank.
   solution = np.where(tokens >= 2, tokens.astype(np.int16) - 1, 0).astype(np.int8)
   used = int(out["steps"][0])
   return dict(
-      _common(loaded, M, adaptive), puzzle="sudoku", size=f"{n}x{n}",
+      _common(loaded, M, adaptive, sampling_opts), puzzle="sudoku", size=f"{n}x{n}",
       input=board.tolist(), solution=solution.reshape(n, n).tolist(),
       valid=problem is None, problem=problem,
       unique_solution=sudoku_solver.count_solutions(board) == 1,
       segments=used, halting=_halting(adaptive, used, M),
-      q_halt_confidence=float(out["q_halt_confidence"][0]), notes=[])
+      q_halt_confidence=float(out["q_halt_confidence"][0]),
+      **_sample_fields(out, problem is None), notes=[])
 
 
 def solve_maze(loaded: inference.Loaded, grid: np.ndarray, M: int,
-               adaptive: bool) -> dict[str, Any]:
+               adaptive: bool, **sampling_opts) -> dict[str, Any]:
   """Runs the model on one maze and checks that its path joins S and G."""
   inference.check_compatible(loaded, "maze", grid.size)
   out = inference.predict(loaded, grid.reshape(1, -1), np.zeros(1),
-                          halt_max_steps=M, adaptive=adaptive)
+                          halt_max_steps=M, adaptive=adaptive, **sampling_opts)
   answer = out["predictions"][0].reshape(grid.shape)
   problem = maze_data.check_answer(grid.reshape(-1), answer.reshape(-1))
   shortest = problem is None and maze_data.path_is_shortest(grid, answer)
   rows = [maze_data.decode(np.clip(r, 1, len(maze_data.CHARSET))) for r in answer]
   used = int(out["steps"][0])
   return dict(
-      _common(loaded, M, adaptive), puzzle="maze", size=f"{grid.shape[0]}x{grid.shape[1]}",
+      _common(loaded, M, adaptive, sampling_opts), puzzle="maze",
+      size=f"{grid.shape[0]}x{grid.shape[1]}",
       input=[maze_data.decode(r) for r in grid], solution=rows, valid=problem is None,
       problem=problem, shortest=bool(shortest),
       path_cells=int(np.sum(answer == maze_data.PATH)),
       segments=used, halting=_halting(adaptive, used, M),
-      q_halt_confidence=float(out["q_halt_confidence"][0]), notes=[])
+      q_halt_confidence=float(out["q_halt_confidence"][0]),
+      **_sample_fields(out, problem is None), notes=[])
 
 
 def _arc_variants(loaded: inference.Loaded, task_id: str,
@@ -254,15 +288,19 @@ def _arc_variants(loaded: inference.Loaded, task_id: str,
 
 def solve_arc(loaded: inference.Loaded, task: arc_data.Task, has_output: list[bool],
               M: int, adaptive: bool, max_variants: int = 0,
-              batch_size: int = 64) -> dict[str, Any]:
-  """Every test input through every known variant; votes give two attempts."""
+              batch_size: int = 64, **sampling_opts) -> dict[str, Any]:
+  """Every test input through every known variant; votes give two attempts.
+
+  With several samples per variant, the one `select` chooses casts its vote.
+  """
   inference.check_compatible(loaded, "arc", arc_data.SEQ_LEN)
   variants, notes = _arc_variants(loaded, task.task_id, max_variants)
   jobs = [(k, v) for k in range(len(task.test)) for v in variants]
   rows = [arc_data.encode_grid(arc_data.augment_grid(task.test[k][0], t, cmap))
           for k, (_, t, cmap) in jobs]
   out = inference.predict(loaded, np.stack(rows), np.asarray([pid for _, (pid, _, _) in jobs]),
-                          halt_max_steps=M, adaptive=adaptive, batch_size=batch_size)
+                          halt_max_steps=M, adaptive=adaptive, batch_size=batch_size,
+                          **sampling_opts)
   votes = arc_eval.Votes()
   for (k, (_, t, cmap)), pred, q in zip(jobs, out["predictions"], out["q_halt_confidence"]):
     grid = arc_data.crop(pred)
@@ -290,7 +328,7 @@ def solve_arc(loaded: inference.Loaded, task: arc_data.Task, has_output: list[bo
       entry["problem"] = "every variant's prediction crops to an empty grid"
     tests.append(entry)
   used = [t["segments_mean"] for t in tests]
-  return dict(_common(loaded, M, adaptive), puzzle="arc", task=task.task_id,
+  return dict(_common(loaded, M, adaptive, sampling_opts), puzzle="arc", task=task.task_id,
               puzzle_identifiers=[pid for pid, _, _ in variants], tests=tests,
               halting=(f"adaptive: the Q head halted after {np.mean(used):.2f} segments "
                        f"on average (at most {M})" if adaptive else
@@ -356,8 +394,32 @@ def format_text(result: dict[str, Any]) -> str:
   lines.append(f"Segments: {result['halting']}")
   if kind != "arc":
     lines.append(f"Q-halt confidence sigmoid(q_halt): {result['q_halt_confidence']:.3f}")
+  lines += _format_samples(result)
   lines += [f"Note: {n}" for n in result["notes"]]
   return "\n".join(lines)
+
+
+def _format_samples(result: dict[str, Any]) -> list[str]:
+  """The sampling line (K > 1) and the checker's verdict on the chosen answer."""
+  lines = []
+  K = result.get("num_samples", 1)
+  if K > 1:
+    line = (f"Samples: {K} trajectories (latent noise {result['latent_noise']:g}), "
+            f"answer chosen by {result['select']}")
+    if result.get("distinct_answers") is not None:
+      line += f"; {result['distinct_answers']} distinct answer(s)"
+    lines.append(line)
+  if result["puzzle"] == "arc":
+    lines.append("Checker: none for ARC (an answer is right only if it equals the truth)")
+    return lines
+  verdict = "accepts" if result["checker_accepts"] else "rejects"
+  line = f"Checker: {verdict} the chosen answer"
+  if K > 1 and result.get("samples_accepted") is not None:
+    line += f" ({result['samples_accepted']} of {K} samples accepted)"
+  if result.get("unsure"):
+    line += "; unsure: no sample passed the check, this is the Q head's best guess"
+  lines.append(line)
+  return lines
 
 
 # ---------------------------------------------------------------------- CLI
@@ -366,7 +428,9 @@ def format_text(result: dict[str, Any]) -> str:
 def run(*, workdir: str | None = None, sudoku: str | None = None,
         maze: str | None = None, arc: str | None = None,
         halt_max_steps: int | None = None, adaptive: bool = False,
-        arc_variants: int = 0, batch_size: int = 64) -> dict[str, Any]:
+        arc_variants: int = 0, batch_size: int = 64, num_samples: int = 1,
+        latent_noise: float = 0.0, select: str = "q_halt",
+        sample_seed: int = 0) -> dict[str, Any]:
   """The whole tool minus flags and printing (tests call this).
 
   The puzzle is parsed before the model is loaded, so malformed input fails
@@ -385,6 +449,12 @@ def run(*, workdir: str | None = None, sudoku: str | None = None,
                      f"--arc=TASK.json (got {', '.join(given) or 'none'}).")
   if halt_max_steps is not None and halt_max_steps < 1:
     raise SolveError(f"--halt_max_steps must be >= 1, got {halt_max_steps}.")
+  try:
+    sampling.check_options(num_samples, latent_noise, select, prefix="--")
+    if arc is not None:
+      sampling.check_family(select, "ARC", arc_data.check_answer, prefix="--")
+  except ValueError as e:
+    raise SolveError(str(e)) from None
   if sudoku is not None:
     puzzle = parse_sudoku(sudoku)
   elif maze is not None:
@@ -397,11 +467,13 @@ def run(*, workdir: str | None = None, sudoku: str | None = None,
   except (FileNotFoundError, ValueError) as e:  # DataError, shape mismatches
     raise SolveError(f"Cannot load the model: {e}") from None
   M = halt_max_steps or loaded.model.config.halt_max_steps
+  opts = dict(num_samples=num_samples, latent_noise=latent_noise, select=select,
+              seed=sample_seed)
   if sudoku is not None:
-    return solve_sudoku(loaded, puzzle, M, adaptive)
+    return solve_sudoku(loaded, puzzle, M, adaptive, **opts)
   if maze is not None:
-    return solve_maze(loaded, puzzle, M, adaptive)
-  return solve_arc(loaded, *puzzle, M, adaptive, arc_variants, batch_size)
+    return solve_maze(loaded, puzzle, M, adaptive, **opts)
+  return solve_arc(loaded, *puzzle, M, adaptive, arc_variants, batch_size, **opts)
 
 
 def _define_flags() -> None:
@@ -419,6 +491,14 @@ def _define_flags() -> None:
   flags.DEFINE_integer("arc_variants", 0, "ARC: run at most this many augmented variants "
                        "of the task (0 = all the model was trained with).")
   flags.DEFINE_integer("batch_size", 64, "ARC: variants per forward pass.")
+  flags.DEFINE_integer("num_samples", 1, "Trajectories run at once; one is the answer "
+                       "(--select).")
+  flags.DEFINE_float("latent_noise", 0.0, "Std of the Gaussian noise added to the latent "
+                     "state before each segment (0 = none; the states have RMS ~1).")
+  flags.DEFINE_enum("select", "q_halt", list(sampling.SELECT_RULES),
+                    "Which sample is the answer: the highest q_halt, the most frequent, "
+                    "or the most confident one the puzzle's rule check accepts.")
+  flags.DEFINE_integer("sample_seed", 0, "Seeds the latent noise.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
 
 
@@ -429,7 +509,9 @@ def main(argv):
   try:
     result = run(workdir=f.workdir, sudoku=f.sudoku, maze=f.maze, arc=f.arc,
                  halt_max_steps=f.halt_max_steps, adaptive=f.adaptive,
-                 arc_variants=f.arc_variants, batch_size=f.batch_size)
+                 arc_variants=f.arc_variants, batch_size=f.batch_size,
+                 num_samples=f.num_samples, latent_noise=f.latent_noise,
+                 select=f.select, sample_seed=f.sample_seed)
   except (SolveError, OSError) as e:
     tool_errors.fail("hrm_jax.solve", e, hint=False)
   print(json.dumps(result) if f.json else format_text(result))

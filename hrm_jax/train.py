@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hrm_jax import checkpoint, data, metric_writers, metrics, models, preemption, schedule
-from hrm_jax import sharding, state as state_lib, steps, tree_shapes
+from hrm_jax import checkpoint, cpu_kind, data, metric_writers, metrics, models, preemption
+from hrm_jax import sampling, schedule, sharding, state as state_lib, steps, tree_shapes
 from hrm_jax import workdir as workdir_lib
 
 
@@ -62,21 +62,36 @@ def load_evaluator(eval_cfg, split, workdir):
 
 
 def evaluate(weights, split, eval_fn, evaluator, config, mesh) -> dict[str, float]:
-  """Runs the evaluator over the test split (or its first max_batches)."""
+  """Runs the evaluator over the test split (or its first max_batches).
+
+  Batch i's sampling noise comes from `config.eval.sample_seed` folded with i (the
+  same on every process). When the evaluator needs rows and the evaluation checks
+  answers (`sampling.uses_checker`), the family's rule check of every candidate
+  is added to them as `sample_accepted` [B, K] (host-side, numpy).
+  """
   evaluator.reset()
+  eval_cfg = config.eval
+  check = data.family(config.data.family).check_answer
+  run_checker = check is not None and sampling.uses_checker(
+      eval_cfg.get("num_samples", 1), eval_cfg.get("select", "q_halt"))
+  sample_key = jax.random.key(eval_cfg.get("sample_seed", 0))
   batches: Iterator = data.eval_batches(split, config.eval.batch_size,
                                         jax.process_index(), jax.process_count())
   for i, host_batch in enumerate(batches):
     if 0 <= config.eval.max_batches <= i:
       break
     example_index = host_batch.pop("example_index")
-    metric_sums, row_outputs = eval_fn(weights, sharding.global_batch(host_batch, mesh))
+    metric_sums, row_outputs = eval_fn(weights, sharding.global_batch(host_batch, mesh),
+                                       jax.random.fold_in(sample_key, i))
     rows = None
     if evaluator.needs_rows:
       rows = sharding.to_host(row_outputs)
       rows["example_index"] = np.asarray(sharding.to_host(example_index))
-      rows["puzzle_identifiers"] = np.asarray(
-          sharding.to_host(host_batch["puzzle_identifiers"]))
+      for key in ("puzzle_identifiers", "inputs", "labels"):
+        rows[key] = np.asarray(sharding.to_host(host_batch[key]))
+      if run_checker:
+        rows["sample_accepted"] = sampling.accepted(
+            check, rows["inputs"], sampling.candidates(rows)[0])
     evaluator.add(jax.device_get(metric_sums), rows)
   return evaluator.result()
 
@@ -168,11 +183,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                               jax.process_index(), jax.process_count(),
                               epochs_per_iteration=plan.epochs_per_iteration)
 
-  # ---- Model, optimizer and the compiled step.
+  # ---- Model, optimizer and the compiled step. A resumed CPU recipe keeps the
+  # dtype it started in when only the CPU kind's automatic choice differs.
+  if (workdir / workdir_lib.CONFIG_FILE).exists():
+    dtype, message = cpu_kind.resume_dtype(workdir_lib.read_config(workdir), config)
+    if message:
+      logging.info(message)
+      config.model.forward_dtype = dtype
   model_cfg = models.make_config(config.model, metadata)
   program = steps.build_train_step(model_cfg, config.opt, plan.schedule_steps,
                                    config.batch_size, mesh,
-                                   ema_rate=config.get("ema_rate", 0.0))
+                                   ema_rate=config.get("ema_rate", 0.0),
+                                   grad_accum_steps=config.get("grad_accum_steps", 1))
   init_rng, loop_rng = jax.random.split(jax.random.key(config.seed))
   state = program.init_state(init_rng)
   carry = program.init_carry()
@@ -206,8 +228,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # ---- Evaluators.
   eval_halt_steps = (config.eval.halt_max_steps if config.eval.halt_max_steps > 0
                      else model_cfg.halt_max_steps)
+  sampling.check_family(config.eval.get("select", "q_halt"), config.data.family,
+                        data.family(config.data.family).check_answer)
   eval_fn = steps.build_eval_step(program.model, eval_halt_steps,
-                                  config.eval.adaptive_halting)
+                                  config.eval.adaptive_halting,
+                                  num_samples=config.eval.get("num_samples", 1),
+                                  latent_noise=config.eval.get("latent_noise", 0.0),
+                                  select=config.eval.get("select", "q_halt"))
   evaluator = load_evaluator(config.eval, test_split, workdir)
 
   writer = metric_writers.writers_for_process(workdir, jax.process_index())

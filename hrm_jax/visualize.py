@@ -14,7 +14,8 @@ writes into DIR/visualize/ (or --out):
   the step, from DIR/metrics.jsonl.
 * act_steps.png: how many segments each puzzle uses under adaptive halting,
   with exact accuracy adaptive vs always running all segments.
-* index.html: all of the above in one self-contained page (images embedded
+* index.html: all of the above (and DIR/analysis's figures when
+  `hrm_jax.analyze` has run) in one self-contained page (images embedded
   as base64 data URIs), so it can be mailed or opened from a bucket.
 
 How each family's grids are drawn is `pictures.py`'s.
@@ -31,7 +32,7 @@ from etils import epath
 from matplotlib.figure import Figure
 import numpy as np
 
-from hrm_jax import errors, inference, metric_writers, metrics, pictures
+from hrm_jax import analyze, errors, inference, metric_writers, metrics, pictures
 from hrm_jax import data
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import puzzles
@@ -266,6 +267,9 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
          f"Reasoning trajectory {i + 1}",
          f"{title}. {pictures.LEGENDS[kind]} Red outline: wrong cell; frame: the "
          "segment where the Q head halts (green: its answer is right, red: wrong).")
+
+  # The paper's analyses, when `python -m hrm_jax.analyze` has run on this workdir.
+  sections.extend(analyze.html_sections(workdir))
 
   cfg = loaded.model.config
   summary = [

@@ -21,17 +21,52 @@ Prints per-device bytes of parameters, optimizer state and puzzle embedding
 (from the shardings: leaf bytes / shards), XLA's memory analysis of the CPU
 compile, FLOPs per step and a step-time estimate, and as the last line one JSON
 object. CPU numbers are the CPU compiler's: on TPU/GPU temp sizes differ in
-detail (other fusions, bf16 kernels), argument and output sizes do not.
+detail (other fusions, bf16 kernels, cuDNN attention keeps no L x L scores),
+argument and output sizes do not. XLA:CPU's default scheduler orders for
+concurrency and so keeps rematerialised activations alive as if they were
+saved; this script turns it off (`--xla_cpu_enable_concurrency_optimized_
+scheduler=false`, unless XLA_FLAGS already sets it) so that the temporaries
+follow a memory-minimising order, as accelerator schedulers do.
+
+Fitting one device (gradient accumulation, rematerialisation):
+
+  python launch/compile_check.py --config=experiments/maze.py --mesh=data:1 \
+      --device_memory=80GiB
+  python launch/compile_check.py --config=experiments/maze.py:1gpu --mesh=data:1
+
+`config.grad_accum_steps` and `config.model.remat` are compiled as set (both
+overridable: --config.grad_accum_steps=4 --config.model.remat=dots). With k > 1
+the smaller powers of two k' < k are compiled too (--compare_k, default on), so
+the temporaries per k show what accumulation saves. `--device_memory` tries
+k = 1, 2, 4, ... (divisors of the per-device batch) for each remat setting of
+--remat_options, stopping at the first k that fits, says which settings fit
+and picks the smallest k that fits (a tie goes to the setting listed first:
+the least recompute). A setting fits when arguments + outputs - aliased +
+temporaries <= device_memory * --usable_fraction (0.75: JAX preallocates 75%
+of a GPU by default, XLA_PYTHON_CLIENT_MEM_FRACTION; the CPU compiler's
+temporaries are an estimate, so keep a margin and measure the peak on the
+device: benchmarks/gpu_session.sh). The JSON line carries `temp_bytes_by_k`
+(for the config's remat), `sweep` (every compile) and `pick`.
 """
 # pylint: disable=invalid-name
+import dataclasses
 import json
 import math
+import os
 import pathlib
+import re
 import sys
 import time
 
 if __package__ in (None, ""):  # run as a file: make `launch` importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# Before XLA starts (read when the CPU client is created): a memory-minimising
+# schedule, so rematerialisation shows in the temporaries (module docstring).
+_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
+if _SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_SCHEDULER_FLAG}=false"
+                             ).strip()
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -39,6 +74,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from hrm_jax import data, models, sharding, steps  # pylint: disable=wrong-import-position
+from hrm_jax.models import layers  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, e.g. experiments/arc.py or experiments/arc.py:arc2.",
@@ -61,10 +97,24 @@ _PEAK = flags.DEFINE_string(
 _MFU = flags.DEFINE_float("mfu", 0.3, "Assumed model-FLOP utilisation for the estimate.")
 _COMPILE = flags.DEFINE_bool(
     "compile", True, "False: shardings and bytes only (seconds instead of a minute).")
+_DEVICE_MEMORY = flags.DEFINE_string(
+    "device_memory", None, "Memory of one device, e.g. 80GiB, 141GB or bytes: try "
+    "grad_accum_steps k = 1, 2, 4, ... and the --remat_options, say which fit and pick "
+    "the smallest k that fits.")
+_USABLE = flags.DEFINE_float(
+    "usable_fraction", 0.75, "Part of --device_memory the step may use (JAX's default "
+    "GPU preallocation is 0.75).")
+_REMAT_OPTIONS = flags.DEFINE_list(
+    "remat_options", ["none", "dots", "blocks"],
+    "config.model.remat settings --device_memory tries, least recompute first.")
+_COMPARE_K = flags.DEFINE_bool(
+    "compare_k", True, "With config.grad_accum_steps = k > 1, also compile the powers "
+    "of two below k (temporaries per k).")
 
 PEAK_TFLOPS = {"h100": 990.0, "h200": 990.0, "a100": 312.0, "v4": 275.0,
                "v5e": 197.0, "v5p": 459.0}
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 def mesh_device_count(spec: str, num_devices: int | None) -> int:
@@ -116,6 +166,60 @@ def total_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+  """'80GiB' / '141GB' / '512MiB' / '1e9' -> bytes."""
+  match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
+  if not match or match.group(2).lower() not in _UNITS:
+    raise app.UsageError(f"--device_memory={text!r}: write a size such as 80GiB, 141GB, "
+                         "512MiB or a number of bytes.")
+  return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def accum_candidates(per_device_batch: int) -> list[int]:
+  """k = 1, 2, 4, ... that divide the per-device batch (grad_accum_steps must)."""
+  ks, k = [], 1
+  while k <= per_device_batch:
+    if per_device_batch % k == 0:
+      ks.append(k)
+    k *= 2
+  return ks
+
+
+def compile_step(model_cfg, config, mesh, total_steps: int, grad_accum_steps: int) -> dict:
+  """Lowers and compiles the train step; XLA's memory analysis and timings."""
+  program = steps.build_train_step(model_cfg, config.opt, total_steps, config.batch_size,
+                                   mesh, ema_rate=config.get("ema_rate", 0.0),
+                                   grad_accum_steps=grad_accum_steps)
+  start = time.perf_counter()
+  lowered = program.step.lower(*program.abstract_args())
+  lower_s = time.perf_counter() - start
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start - lower_s
+  stats = compiled.memory_analysis()
+  xla = {}
+  if stats is not None:
+    xla = {"argument_bytes": stats.argument_size_in_bytes,
+           "output_bytes": stats.output_size_in_bytes,
+           "alias_bytes": stats.alias_size_in_bytes,
+           "temp_bytes": stats.temp_size_in_bytes,
+           "generated_code_bytes": stats.generated_code_size_in_bytes}
+  return {"lower_seconds": round(lower_s, 2), "compile_seconds": round(compile_s, 2),
+          "xla": xla, "xla_flops": cost_flops(compiled)}
+
+
+def peak_estimate(xla: dict) -> int | None:
+  """Per-device bytes the step needs: live arguments, outputs not aliased to
+  them (donation), temporaries."""
+  if not xla:
+    return None
+  return (xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"]
+          + xla["temp_bytes"])
+
+
 def cost_flops(compiled) -> float | None:
   """FLOPs XLA reports; cost_analysis() is a dict or a list of dicts by version."""
   try:
@@ -127,6 +231,79 @@ def cost_flops(compiled) -> float | None:
   if not cost or "flops" not in cost:
     return None
   return float(cost["flops"])
+
+
+def accumulation_report(model_cfg, config, mesh, total_steps: int, accum: int,
+                        own: dict, num_devices: int) -> dict:
+  """Temporaries per k (--compare_k) and the fit search (--device_memory)."""
+  per_device = config.batch_size // num_devices
+  remat = getattr(model_cfg, "remat", None)
+  compiled = {(accum, remat): own}
+
+  def compiled_for(k: int, remat_setting: str) -> dict:
+    if (k, remat_setting) not in compiled:
+      if remat is None:
+        raise app.UsageError(f"The {model_cfg.ARCH!r} family has no remat setting: "
+                             "pass --remat_options= (empty) to vary only k.")
+      cfg = dataclasses.replace(model_cfg, remat=remat_setting) if remat_setting else model_cfg
+      compiled[(k, remat_setting)] = compile_step(cfg, config, mesh, total_steps, k)
+    return compiled[(k, remat_setting)]
+
+  report = {}
+  if _COMPARE_K.value and accum > 1:
+    for k in [k for k in accum_candidates(per_device) if k < accum]:
+      compiled_for(k, remat)
+  budget = None
+  if _DEVICE_MEMORY.value:
+    budget = int(parse_bytes(_DEVICE_MEMORY.value) * _USABLE.value)
+    unknown = sorted(set(_REMAT_OPTIONS.value) - set(layers.REMAT_POLICIES) - {remat})
+    if unknown:
+      raise app.UsageError(f"--remat_options: {unknown} unknown; use "
+                           f"{sorted(layers.REMAT_POLICIES)}.")
+    for remat_setting in _REMAT_OPTIONS.value or [remat]:
+      for k in accum_candidates(per_device):
+        if peak_estimate(compiled_for(k, remat_setting)["xla"]) <= budget:
+          break  # larger k only need less
+  sweep = [{"grad_accum_steps": k, "remat": r,
+            "temp_bytes": c["xla"].get("temp_bytes"),
+            "peak_estimate_bytes": peak_estimate(c["xla"]),
+            "compile_seconds": c["compile_seconds"],
+            **({"fits": peak_estimate(c["xla"]) <= budget} if budget else {})}
+           for (k, r), c in sorted(compiled.items(), key=lambda item: (
+               _remat_rank(item[0][1]), item[0][0]))]
+  by_k = {str(e["grad_accum_steps"]): e["temp_bytes"] for e in sweep if e["remat"] == remat}
+  report["temp_bytes_by_k"] = by_k
+  report["sweep"] = sweep
+  if len(sweep) > 1:
+    print("Temporaries and peak estimate per setting (CPU compiler, per device):")
+    for e in sweep:
+      fits = "" if budget is None else ("  fits" if e["fits"] else "  does not fit")
+      print(f"  grad_accum_steps={e['grad_accum_steps']:<4d} remat={e['remat']:<7s} "
+            f"temp {e['temp_bytes'] / GiB:9.2f} GiB  peak ~{e['peak_estimate_bytes'] / GiB:9.2f}"
+            f" GiB{fits}")
+  if budget is not None:
+    fitting = [e for e in sweep if e["fits"]]
+    report["device_memory_bytes"] = parse_bytes(_DEVICE_MEMORY.value)
+    report["budget_bytes"] = budget
+    if fitting:
+      best = min(fitting, key=lambda e: (e["grad_accum_steps"], _remat_rank(e["remat"])))
+      report["pick"] = {"grad_accum_steps": best["grad_accum_steps"], "remat": best["remat"]}
+      print(f"Fits {_DEVICE_MEMORY.value} x {_USABLE.value:g} = {budget / GiB:.1f} GiB: "
+            + ", ".join(f"k={e['grad_accum_steps']} remat={e['remat']}" for e in fitting)
+            + f". Smallest k: --config.grad_accum_steps={best['grad_accum_steps']} "
+            f"--config.model.remat={best['remat']} (the CPU compiler's estimate: measure "
+            "the peak on the device).")
+    else:
+      report["pick"] = None
+      print(f"Nothing tried fits {budget / GiB:.1f} GiB, even "
+            f"k={accum_candidates(per_device)[-1]}: use more devices (--mesh), other "
+            "--remat_options or a smaller model.")
+  return report
+
+
+def _remat_rank(remat: str | None) -> int:
+  order = list(_REMAT_OPTIONS.value) + sorted(layers.REMAT_POLICIES)
+  return order.index(remat) if remat in order else len(order)
 
 
 def main(argv):
@@ -148,8 +325,10 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divides(config.batch_size, mesh)
   total_steps = config.total_steps if config.total_steps > 0 else _TOTAL_STEPS.value
+  accum = config.get("grad_accum_steps", 1)
   program = steps.build_train_step(model_cfg, config.opt, total_steps, config.batch_size,
-                                   mesh, ema_rate=config.get("ema_rate", 0.0))
+                                   mesh, ema_rate=config.get("ema_rate", 0.0),
+                                   grad_accum_steps=accum)
   args = program.abstract_args()
   state = args[0]
   state_sh, carry_sh, batch_sh = (program.state_shardings, program.carry_shardings,
@@ -171,6 +350,8 @@ def main(argv):
       "vocab_size": shape.vocab_size, "seq_len": shape.seq_len,
       "num_puzzle_identifiers": shape.num_puzzle_identifiers,
       "batch_size": config.batch_size, "batch_per_device": config.batch_size // num_devices,
+      "grad_accum_steps": accum, "remat": getattr(model_cfg, "remat", None),
+      "forward_dtype": model_cfg.forward_dtype,
       "num_params": models.count_params(state.params),
       "puzzle_emb_shape": list(state.puzzle_emb.shape),
       "puzzle_emb_spec": [a for a in emb_spec] + [None] * (2 - len(emb_spec)),
@@ -200,31 +381,24 @@ def main(argv):
         f"{peak / 1e12:g} TFLOP/s and MFU {_MFU.value:g}: ~{step_s * 1e3:.1f} ms/step.")
 
   if _COMPILE.value:
-    start = time.perf_counter()
-    lowered = program.step.lower(*args)
-    lower_s = time.perf_counter() - start
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start - lower_s
-    stats = compiled.memory_analysis()
-    xla = {}
-    if stats is not None:
-      xla = {"argument_bytes": stats.argument_size_in_bytes,
-             "output_bytes": stats.output_size_in_bytes,
-             "alias_bytes": stats.alias_size_in_bytes,
-             "temp_bytes": stats.temp_size_in_bytes,
-             "generated_code_bytes": stats.generated_code_size_in_bytes}
-    xla_flops = cost_flops(compiled)
-    result.update({"lower_seconds": round(lower_s, 2),
-                   "compile_seconds": round(compile_s, 2),
+    own = compile_step(model_cfg, config, mesh, total_steps, accum)
+    xla, xla_flops = own["xla"], own["xla_flops"]
+    result.update({"lower_seconds": own["lower_seconds"],
+                   "compile_seconds": own["compile_seconds"],
                    "xla_flops_per_device": xla_flops,
+                   "peak_estimate_bytes": peak_estimate(xla),
                    **{f"xla_{k}": v for k, v in xla.items()}})
-    print(f"Lowered in {lower_s:.1f} s, compiled in {compile_s:.1f} s.")
+    print(f"Lowered in {own['lower_seconds']:.1f} s, compiled in "
+          f"{own['compile_seconds']:.1f} s (grad_accum_steps={accum}, "
+          f"remat={getattr(model_cfg, 'remat', None)!r}).")
     print("XLA memory analysis (per device, CPU compiler):")
     for key, value in xla.items():
       print(f"  {key:<21s} {value / MiB:10.2f} MiB")
     if xla_flops is not None:
       print(f"XLA cost_analysis FLOPs per device: {xla_flops:.3e} (while-loop bodies "
             "counted once: a lower bound, not used for the estimate).")
+    result.update(accumulation_report(model_cfg, config, mesh, total_steps, accum, own,
+                                      num_devices))
   print(json.dumps(result, sort_keys=True))
 
 

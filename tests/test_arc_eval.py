@@ -176,3 +176,25 @@ def test_empty_predictions_are_candidates_by_default_as_the_notebook():
   assert results["skip"]["pass@1"] == 1.0
   sub = voter.submission()
   assert all(a["attempt_1"] != [] for v in sub.values() for a in v)
+
+
+def test_evaluator_refuses_the_checker_and_votes_with_the_chosen_sample():
+  split = _test_split(num_aug=1)
+  with pytest.raises(ValueError, match=r"select='checker' needs a rule check, and arc"):
+    arc_eval.Evaluator(split, {"select": "checker", "num_samples": 4}, None)
+  evaluator = arc_eval.Evaluator(split, {"select": "vote", "num_samples": 2}, None)
+  evaluator.reset()
+  q = np.zeros(split.num_examples)
+  wrong = _wrong(split.labels.astype(np.int32))
+  for ids, idx, pred, qq, inputs in _batches(split, split.labels, q):
+    safe = np.maximum(idx, 0)
+    # The step chose sample 0 (right); sample 1 (wrong) must cast no vote.
+    rows = {"puzzle_identifiers": ids, "example_index": idx, "predictions": pred,
+            "q_halt_logits": qq, "inputs": inputs,
+            "sample_predictions": np.stack([pred, wrong[safe]], 1),
+            "sample_q_halt_logits": np.stack([qq, qq + 1], 1)}
+    valid = np.sum(idx >= 0)
+    evaluator.add({"count": float(valid), "exact_accuracy": float(valid)}, rows)
+  out = evaluator.result()
+  assert out["arc/pass@1"] == 1.0
+  assert out["arc/num_votes"] == split.num_examples

@@ -27,3 +27,22 @@ def test_attention_benchmark_runs_dense_path_off_gpu():
   _, summary = run_script("benchmarks/attention.py", "--batch=2", "--seq=70", "--heads=2",
                           "--head_dim=8")
   assert summary["xla_fwd_bwd_ms"] > 0
+
+
+def test_cpu_learning_runs_variants_with_commas_and_the_old_names():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import cpu_learning  # pylint: disable=import-outside-toplevel
+  names = cpu_learning.experiment_names()
+  assert cpu_learning.parse_runs("sudoku,maze,arc", names) == [
+      ("sudoku", "cpu"), ("maze", "cpu"), ("arc", "cpu")]
+  assert cpu_learning.parse_runs("sudoku:cpu,sudoku:trm,cpu,maze:trm,cpu;maze", names) == [
+      ("sudoku", "cpu"), ("sudoku", "trm,cpu"), ("maze", "trm,cpu"), ("maze", "cpu")]
+
+
+def test_cpu_learning_smoke_variant(tmp_path):
+  out, summary = run_script("benchmarks/cpu_learning.py", "--only=sudoku:trm,smoke",
+                            f"--workdir_root={tmp_path}")
+  run = summary["sudoku:trm,smoke"]
+  assert run["steps"] == 4 and sorted(run["evals"]) == ["2", "4"]
+  assert 0.0 <= run["final_exact_accuracy"] <= 1.0 and run["cpu_s"] > 0
+  assert "sudoku:trm,smoke" in out.splitlines()[-2]

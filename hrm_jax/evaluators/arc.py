@@ -19,6 +19,10 @@ a candidate like any other (it can take a top-K slot); that is the default
 published numbers. `"skip"` lets them cast no vote (an empty grid is never
 right, so this can only help): an option, reported under the same names.
 
+Sampled trajectories (`config.eval.num_samples` K > 1): each row votes with
+the one sample `config.eval.select` chose ("q_halt" or "vote" among its K;
+ARC has no rule check, so "checker" is refused).
+
 `Votes` is the vote core (also used by `solve`); `ArcVoter` adds the split's
 ground truth and pass@K (`config.eval.pass_ks`); `Evaluator` adapts it to the
 trainer's evaluator plug-in interface (`hrm_jax.evaluators.<type>.Evaluator`).
@@ -33,6 +37,7 @@ import json
 import numpy as np
 from etils import epath
 
+from hrm_jax import sampling
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import puzzles
 from hrm_jax.evaluators import exact_match
@@ -178,6 +183,8 @@ class Evaluator:
   needs_rows = True
 
   def __init__(self, split, eval_cfg, workdir):
+    sampling.check_family(eval_cfg.get("select", "q_halt"), arc_data.NAME,
+                          arc_data.check_answer)
     self._split = split
     self._workdir = workdir
     self._options = dict(pass_ks=tuple(eval_cfg.get("pass_ks", PASS_AT)),

@@ -152,12 +152,24 @@ def act_step(model: Any, variables: Any, carry: ACTCarry,
 
 def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, Array], *,
             halt_max_steps: int, adaptive_halting: bool = False,
-            keep_trajectory: bool = False):
+            keep_trajectory: bool = False, num_samples: int = 1,
+            latent_noise: float = 0.0, rng: Array | None = None):
   """Runs a fresh carry over one batch to the end (reference `pretrain.evaluate`).
 
   Every row runs `halt_max_steps` segments (inference-time scaling: may exceed
   the training value), or, with `adaptive_halting`, stops when its Q head says
   halt; rows that finished keep their state, outputs and step count.
+
+  Sampled trajectories (test-time compute, `hrm_jax.sampling` chooses among
+  them): with `num_samples` K > 1 every row is run K times inside this one
+  computation (the batch is tiled to B*K rows, row b's samples at b*K .. b*K+K-1,
+  so a batch sharded over devices stays local), and with `latent_noise` sigma > 0
+  Gaussian noise N(0, sigma^2) is added to z_H and z_L of every row before every
+  segment (the first included), drawn from `rng` folded with the segment index
+  (Probabilistic TRM injects it into the latent at each deep-recursion step).
+  The carry's states are RMS-normalised (RMS ~1 per position), so sigma is
+  relative to their scale. With K = 1 and sigma = 0 this is the plain rollout,
+  bit for bit.
 
   Args:
     model: the inner model.
@@ -167,11 +179,21 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
     halt_max_steps: segments to run at most.
     adaptive_halting: halt rows by the Q head.
     keep_trajectory: also return the argmax prediction after every segment.
+    num_samples: trajectories per row (K).
+    latent_noise: standard deviation of the noise on the carry (sigma).
+    rng: the noise key (needed when latent_noise > 0).
 
   Returns:
     (carry with every row marked halted, outputs of each row's last segment,
-     trajectory [M,B,S] int32 or None).
+     trajectory [M,N,S] int32 or None), N = B*K rows.
   """
+  if num_samples < 1:
+    raise ValueError(f"num_samples={num_samples}: use >= 1.")
+  noisy = latent_noise > 0
+  if noisy and rng is None:
+    raise ValueError("latent_noise > 0 needs a key: pass rng=jax.random.key(seed).")
+  if num_samples > 1:
+    batch = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0), batch)
   cfg = model.config
   B = batch["inputs"].shape[0]
   carry = reset_halted(initial_carry(cfg, B), batch, *initial_states(model, variables))
@@ -180,9 +202,22 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
                            adaptive_halting=adaptive_halting,
                            halt_max_steps=halt_max_steps)
 
-  def segment_body(loop, _):
+  def perturb(carry, segment):
+    """The carry a segment starts from: + sigma * N(0, 1) on both states."""
+    if not noisy:
+      return carry
+    key_H, key_L = jax.random.split(jax.random.fold_in(rng, segment))
+
+    def add(key, z):
+      noise = latent_noise * jax.random.normal(key, z.shape, jnp.float32)
+      return (z.astype(jnp.float32) + noise).astype(z.dtype)
+
+    return carry.replace(z_H_BxLxD=add(key_H, carry.z_H_BxLxD),
+                         z_L_BxLxD=add(key_L, carry.z_L_BxLxD))
+
+  def segment_body(loop, segment):
     carry, outputs, done_B = loop
-    new_carry, new_outputs = step(carry, rows_BxE)
+    new_carry, new_outputs = step(perturb(carry, segment), rows_BxE)
     # Rows that finished earlier keep their state and outputs.
     keep = lambda new, old: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
     new_carry = jax.tree.map(keep, new_carry, carry)
@@ -192,10 +227,13 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
     return (new_carry, new_outputs, done_B), (prediction_BxS if keep_trajectory else None)
 
   # The first segment outside the loop fixes the output shapes and dtypes.
-  carry, outputs = step(carry, rows_BxE)
+  carry, outputs = step(perturb(carry, 0), rows_BxE)
   first_prediction = jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)
+  # The segment index only feeds the noise; without noise the loop is unchanged.
+  segments = jnp.arange(1, halt_max_steps, dtype=jnp.int32) if noisy else None
   (carry, outputs, _), trajectory = jax.lax.scan(
-      segment_body, (carry, outputs, carry.halted_B), length=halt_max_steps - 1)
+      segment_body, (carry, outputs, carry.halted_B), segments,
+      length=halt_max_steps - 1)
   # Every row is finished now; count them all as halted for the metrics.
   carry = carry.replace(halted_B=jnp.ones_like(carry.halted_B))
   if keep_trajectory:

@@ -59,6 +59,9 @@ class HRMConfig:
   # "auto": cuDNN flash attention on GPUs in bf16 (no L x L scores in memory), else
   # dense XLA attention; "xla" or "cudnn" force one.
   attention_impl: str = "auto"
+  # Rematerialisation of the differentiated updates' blocks: "none", "blocks"
+  # or "dots" (layers.REMAT_POLICIES): less activation memory for some recompute.
+  remat: str = "none"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -70,9 +73,7 @@ class HRMConfig:
       raise ValueError("H_cycles and L_cycles must be >= 1.")
     if self.halt_max_steps < 1:
       raise ValueError("halt_max_steps must be >= 1.")
-    if self.attention_impl not in layers.ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}: use one of "
-                       f"{layers.ATTENTION_IMPLS}.")
+    layers.check_switches(self)
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -109,7 +110,8 @@ class HRMInner(io.PuzzleModel):
     module = functools.partial(layers.ReasoningModule, num_heads=cfg.num_heads,
                                expansion=cfg.expansion,
                                rms_norm_eps=cfg.rms_norm_eps,
-                               attention_impl=cfg.attention_impl)
+                               attention_impl=cfg.attention_impl,
+                               remat=cfg.remat)
     self.H_level = module(num_layers=cfg.H_layers)
     self.L_level = module(num_layers=cfg.L_layers)
     self.setup_initial_states(("H_init", "L_init"))
@@ -138,14 +140,25 @@ init_variables = io.init_variables
 
 
 def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
-            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array):
+            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array, *,
+            trace: bool = False):
   """One deep-supervision segment (reference `Inner.forward`).
 
   Update order for N = H_cycles, T = L_cycles: T L-updates then one H-update, N
   times. All but the final L and final H update run without gradient.
 
+  Args:
+    model, variables: the inner model and its {"params", "buffers"}.
+    z_H_BxLxD, z_L_BxLxD: the carried states.
+    inputs_BxS, puzzle_rows_BxE: the example and its puzzle-embedding rows.
+    trace: (static) also return every intermediate state, for `analyze`. Off,
+      the function and its compiled program are exactly those without it.
+
   Returns:
-    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B]).
+    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B])
+    and, with `trace`, a fifth item {"z_L": [N*T,B,L,D] the state after each
+    L-update, "z_H": [N,B,L,D] after each H-update}, in update order, without
+    gradient (the last entries are the new carry).
   """
   cfg = model.config
   L_update = functools.partial(model.apply, method=HRMInner.L_update)
@@ -168,29 +181,44 @@ def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
   def H_step(z_H, z_L):
     return H_update(no_grad_vars, z_H, z_L)
 
+  # With `trace`, the states after each update in order (lists of [k,B,L,D]);
+  # without it the loops emit nothing extra (scan outputs None, as before).
+  trace_L, trace_H = [], []
   N, T = cfg.H_cycles, cfg.L_cycles
   if cfg.scan:
     def l_body(z_L, _, z_H):
-      return L_step(z_H, z_L), None
+      z_L = L_step(z_H, z_L)
+      return z_L, (z_L if trace else None)
 
     def cycle_body(z_HL, _):
       z_H, z_L = z_HL
-      z_L, _ = jax.lax.scan(functools.partial(l_body, z_H=z_H), z_L, length=T)
-      return (H_step(z_H, z_L), z_L), None
+      z_L, zs_L = jax.lax.scan(functools.partial(l_body, z_H=z_H), z_L, length=T)
+      z_H = H_step(z_H, z_L)
+      return (z_H, z_L), ((zs_L, z_H) if trace else None)
 
     if N > 1:
-      (z_H_BxLxD, z_L_BxLxD), _ = jax.lax.scan(
+      (z_H_BxLxD, z_L_BxLxD), ys = jax.lax.scan(
           cycle_body, (z_H_BxLxD, z_L_BxLxD), length=N - 1)
+      if trace:
+        zs_L, zs_H = ys  # [N-1, T, B, L, D], [N-1, B, L, D]
+        trace_L.append(zs_L.reshape((-1,) + zs_L.shape[2:]))
+        trace_H.append(zs_H)
     if T > 1:
-      z_L_BxLxD, _ = jax.lax.scan(functools.partial(l_body, z_H=z_H_BxLxD),
-                                  z_L_BxLxD, length=T - 1)
+      z_L_BxLxD, zs_L = jax.lax.scan(functools.partial(l_body, z_H=z_H_BxLxD),
+                                     z_L_BxLxD, length=T - 1)
+      if trace:
+        trace_L.append(zs_L)
   else:
     for h in range(N):
       for l in range(T):
         if not (h == N - 1 and l == T - 1):
           z_L_BxLxD = L_step(z_H_BxLxD, z_L_BxLxD)
+          if trace:
+            trace_L.append(z_L_BxLxD[None])
       if h != N - 1:
         z_H_BxLxD = H_step(z_H_BxLxD, z_L_BxLxD)
+        if trace:
+          trace_H.append(z_H_BxLxD[None])
 
   # The one-step-gradient updates, with the trainable weights.
   z_L_BxLxD = L_update(variables, z_L_BxLxD, z_H_BxLxD, x_BxLxD)
@@ -198,7 +226,12 @@ def segment(model: HRMInner, variables: Variables, z_H_BxLxD: Array,
   logits_BxSxV, q_halt_B, q_continue_B = model.apply(
       variables, z_H_BxLxD, method=HRMInner.heads)
   new_carry = jax.lax.stop_gradient((z_H_BxLxD, z_L_BxLxD))
-  return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+  if not trace:
+    return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+  states = {"z_L": trace_L + [z_L_BxLxD[None]], "z_H": trace_H + [z_H_BxLxD[None]]}
+  states = {k: jax.lax.stop_gradient(jnp.concatenate([s.astype(v[-1].dtype) for s in v]))
+            for k, v in states.items()}
+  return new_carry, logits_BxSxV, q_halt_B, q_continue_B, states
 
 
 def block_params(cfg: HRMConfig) -> int:

@@ -19,6 +19,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,16 +62,18 @@ def _matmul(x: Array, w: Array, keep_float32: bool = False) -> Array:
   accumulator directly and XLA fuses the rounding into it, instead of a
   separate pass over the activation (as costly as the matmul itself on CPUs).
   """
-  if x.dtype == jnp.float32:
-    y = jnp.matmul(x, w, preferred_element_type=jnp.float32)
-  else:
-    y = _low_precision_matmul(x, w)
+  # Every dtype takes the custom VJP: in float32 its casts are identities, and its
+  # dW = einsum(x, g) saves the transposes of [B*L, F] activations that JAX's
+  # own matmul transpose rule makes on XLA:CPU (BUILD_NOTES.md, issue 15).
+  y = _low_precision_matmul(x, w)
+  # The name lets remat="dots" keep projection outputs (an identity otherwise).
+  y = checkpoint_name(y, PROJECTION)
   return y if keep_float32 else y.astype(x.dtype)
 
 
 @jax.custom_vjp
 def _low_precision_matmul(x: Array, w: Array) -> Array:
-  """x [..., in] (bf16/f16) @ w [in, out] (float32 parameter) -> float32 [..., out].
+  """x [..., in] (bf16/f16/f32) @ w [in, out] (float32 parameter) -> float32 [..., out].
 
   Forward: w is cast to x's dtype, products accumulated in float32. Backward as
   mixed precision does it (PyTorch autocast too): the incoming float32 cotangent is
@@ -324,6 +327,49 @@ class PostNormBlock(nn.Module):
     return rms_norm(h_BxLxD + mlp, self.rms_norm_eps).astype(dtype)
 
 
+# Rematerialisation of the blocks under differentiation (`remat`):
+#   "none"   keep every intermediate the backward pass needs (fastest);
+#   "blocks" keep only each block's input, recompute the block in the backward
+#            pass (least memory: one block's intermediates alive at a time);
+#   "dots"   keep the outputs of the projection matmuls (every `_matmul`, named
+#            PROJECTION), recompute the rest: attention scores and
+#            probabilities (the B x H x L x L tensors: the bulk of the memory at
+#            30x30 grids with dense attention), norms, RoPE, SiLU. Cheaper to
+#            recompute than "blocks" (no projection matmul is redone) for most
+#            of its saving. It is JAX's `dots_with_no_batch_dims_saveable` made
+#            to see our bf16 matmuls: they are a custom_vjp, whose dot_general
+#            that policy cannot see (with it, "dots" was "blocks" in bf16).
+# Without differentiation (the no-grad updates, evaluation) a checkpoint is
+# inlined as is: the forward computation is unchanged.
+PROJECTION = "projection"
+REMAT_POLICIES = {
+    "none": None,
+    "blocks": None,
+    "dots": jax.checkpoint_policies.save_only_these_names(PROJECTION),
+}
+
+
+def check_switches(config) -> None:
+  """Raises ValueError naming the choices unless `config.attention_impl` and
+  `config.remat` (every family's implementation switches) are known ones."""
+  if config.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={config.attention_impl!r}: use one of "
+                     f"{ATTENTION_IMPLS}.")
+  if config.remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={config.remat!r}: use one of {sorted(REMAT_POLICIES)} "
+                     "(config.model.remat).")
+
+
+def remat_block(block_cls: type[nn.Module], remat: str) -> type[nn.Module]:
+  """`block_cls` wrapped by the `remat` policy (see REMAT_POLICIES); same parameters."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: use one of {sorted(REMAT_POLICIES)} "
+                     "(config.model.remat).")
+  if remat == "none":
+    return block_cls
+  return nn.remat(block_cls, policy=REMAT_POLICIES[remat])
+
+
 class ReasoningModule(nn.Module):
   """One update: add the input injection, then run the block stack.
 
@@ -337,13 +383,15 @@ class ReasoningModule(nn.Module):
   attention_impl: str = "auto"
   mlp_t: bool = False
   num_positions: int = 0
+  remat: str = "none"  # REMAT_POLICIES
 
   @nn.compact
   def __call__(self, z_BxLxD: Array, injection_BxLxD: Array, cos_sin) -> Array:
     h_BxLxD = z_BxLxD + injection_BxLxD
+    block = remat_block(PostNormBlock, self.remat)
     for i in range(self.num_layers):
-      h_BxLxD = PostNormBlock(self.num_heads, self.expansion, self.rms_norm_eps,
-                              self.attention_impl, mlp_t=self.mlp_t,
-                              num_positions=self.num_positions,
-                              name=f"layers_{i}")(h_BxLxD, cos_sin)
+      h_BxLxD = block(self.num_heads, self.expansion, self.rms_norm_eps,
+                      self.attention_impl, mlp_t=self.mlp_t,
+                      num_positions=self.num_positions,
+                      name=f"layers_{i}")(h_BxLxD, cos_sin)
     return h_BxLxD

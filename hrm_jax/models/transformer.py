@@ -69,6 +69,7 @@ class TransformerConfig:
                      "softmax_cross_entropy"] = "stablemax_cross_entropy"  # token loss.
   # Implementation switch (not in the reference).
   attention_impl: str = "auto"  # "xla", "cudnn" (GPU flash attention) or "auto".
+  remat: str = "none"  # "blocks" / "dots": rematerialise blocks (layers.REMAT_POLICIES).
 
   def __post_init__(self):
     for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size",
@@ -86,9 +87,7 @@ class TransformerConfig:
     if self.pos_encodings == "rope" and self.head_dim % 2:
       raise ValueError(f"pos_encodings='rope' needs an even head dim, got hidden_size // "
                        f"num_heads = {self.head_dim}; change num_heads or use 'learned'.")
-    if self.attention_impl not in layers.ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}: use one of "
-                       f"{layers.ATTENTION_IMPLS}.")
+    layers.check_switches(self)
     if self.attention_impl == "cudnn" and self.head_dim % 8:
       raise ValueError(f"attention_impl='cudnn' needs a head dim that is a multiple of 8, "
                        f"got hidden_size // num_heads = {self.head_dim}; use 'auto' or "
@@ -141,7 +140,8 @@ class TransformerInner(io.PuzzleModel):
       impl = "xla"
     self.H_level = layers.ReasoningModule(
         num_layers=cfg.H_layers, num_heads=cfg.num_heads, expansion=cfg.expansion,
-        rms_norm_eps=cfg.rms_norm_eps, attention_impl=impl)
+        rms_norm_eps=cfg.rms_norm_eps, attention_impl=impl,
+        remat=cfg.remat)
     self.setup_initial_states(("H_init",))
 
   def H_update(self, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:

@@ -72,6 +72,7 @@ class TRMConfig:
   # Implementation switches (not in the reference).
   scan: bool = True  # lax.scan over the recurrence; False = Python loop (same maths).
   attention_impl: str = "auto"  # "xla", "cudnn" (GPU flash attention) or "auto".
+  remat: str = "none"  # "blocks" / "dots": rematerialise blocks (layers.REMAT_POLICIES).
 
   def __post_init__(self):
     for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size",
@@ -130,9 +131,7 @@ class TRMConfig:
     if not floating:
       raise ValueError(f"forward_dtype={self.forward_dtype!r}: use 'bfloat16', "
                        "'float16' or 'float32'.")
-    if self.attention_impl not in layers.ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}: use one of "
-                       f"{layers.ATTENTION_IMPLS}.")
+    layers.check_switches(self)
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -168,7 +167,7 @@ class TRMInner(io.PuzzleModel):
     self.L_level = layers.ReasoningModule(
         num_layers=cfg.L_layers, num_heads=cfg.num_heads, expansion=cfg.expansion,
         rms_norm_eps=cfg.rms_norm_eps, attention_impl=cfg.attention_impl,
-        mlp_t=cfg.mlp_t, num_positions=cfg.num_positions)
+        mlp_t=cfg.mlp_t, num_positions=cfg.num_positions, remat=cfg.remat)
     # Fixed initial states y0, z0.
     self.setup_initial_states(("H_init", "L_init"))
 
@@ -197,19 +196,33 @@ class TRMInner(io.PuzzleModel):
 init_variables = io.init_variables
 
 
-def _cycle(L_step, H_step, z_H_BxLxD: Array, z_L_BxLxD: Array, n: int, scan: bool):
-  """n latent updates z <- L_step(y, z), then one answer update y <- H_step(y, z)."""
+def _cycle(L_step, H_step, z_H_BxLxD: Array, z_L_BxLxD: Array, n: int, scan: bool,
+           trace: bool = False):
+  """n latent updates z <- L_step(y, z), then one answer update y <- H_step(y, z).
+
+  Returns ((y, z), None) or, with `trace`, ((y, z), (z after each latent update
+  [n,B,L,D], y [B,L,D])): a scan body's (carry, outputs).
+  """
   if scan:
-    z_L_BxLxD, _ = jax.lax.scan(lambda z_L, _: (L_step(z_H_BxLxD, z_L), None),
-                                z_L_BxLxD, length=n)
+    def l_body(z_L, _):
+      z_L = L_step(z_H_BxLxD, z_L)
+      return z_L, (z_L if trace else None)
+
+    z_L_BxLxD, zs_L = jax.lax.scan(l_body, z_L_BxLxD, length=n)
   else:
+    zs_L = []
     for _ in range(n):
       z_L_BxLxD = L_step(z_H_BxLxD, z_L_BxLxD)
-  return H_step(z_H_BxLxD, z_L_BxLxD), z_L_BxLxD
+      if trace:
+        zs_L.append(z_L_BxLxD)
+    zs_L = jnp.stack(zs_L) if trace else None
+  z_H_BxLxD = H_step(z_H_BxLxD, z_L_BxLxD)
+  return (z_H_BxLxD, z_L_BxLxD), ((zs_L, z_H_BxLxD) if trace else None)
 
 
 def segment(model: TRMInner, variables: Variables, z_H_BxLxD: Array,
-            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array):
+            z_L_BxLxD: Array, inputs_BxS: Array, puzzle_rows_BxE: Array, *,
+            trace: bool = False):
   """One deep-supervision segment (reference `Inner.forward`), as `hrm.segment`.
 
   T = H_cycles cycles of n = L_cycles latent updates then one answer update.
@@ -217,8 +230,18 @@ def segment(model: TRMInner, variables: Variables, z_H_BxLxD: Array,
   cycle T is differentiated through all of its n + 1 network calls, so x (token
   and puzzle embeddings) gets gradient through its n injections y + x.
 
+  Args:
+    model, variables: the inner model and its {"params", "buffers"}.
+    z_H_BxLxD, z_L_BxLxD: the carried answer y and latent z.
+    inputs_BxS, puzzle_rows_BxE: the example and its puzzle-embedding rows.
+    trace: (static) also return every intermediate state, for `analyze`. Off,
+      the function and its compiled program are exactly those without it.
+
   Returns:
-    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B]).
+    ((z_H, z_L) new carry without gradient, logits [B,S,V], q_halt [B], q_continue [B])
+    and, with `trace`, a fifth item {"z_L": [T*n,B,L,D] z after each latent
+    update, "z_H": [T,B,L,D] y after each answer update}, in update order,
+    without gradient (the last entries are the new carry).
   """
   cfg = model.config
   L_update = functools.partial(model.apply, method=TRMInner.L_update)
@@ -235,25 +258,38 @@ def segment(model: TRMInner, variables: Variables, z_H_BxLxD: Array,
   def frozen_cycle(z_HL, _):
     return _cycle(lambda z_H, z_L: L_update(no_grad_vars, z_L, z_H, no_grad_x),
                   lambda z_H, z_L: H_update(no_grad_vars, z_H, z_L),
-                  *z_HL, cfg.L_cycles, cfg.scan), None
+                  *z_HL, cfg.L_cycles, cfg.scan, trace)
 
+  # With `trace`, (z's [k*n,B,L,D], y's [k,B,L,D]) of each group of k cycles.
+  traced = []
   T = cfg.H_cycles
   if cfg.scan and T > 1:
-    (z_H_BxLxD, z_L_BxLxD), _ = jax.lax.scan(
+    (z_H_BxLxD, z_L_BxLxD), ys = jax.lax.scan(
         frozen_cycle, (z_H_BxLxD, z_L_BxLxD), length=T - 1)
+    if trace:
+      zs_L, zs_H = ys  # [T-1, n, B, L, D], [T-1, B, L, D]
+      traced.append((zs_L.reshape((-1,) + zs_L.shape[2:]), zs_H))
   else:
     for _ in range(T - 1):
-      (z_H_BxLxD, z_L_BxLxD), _ = frozen_cycle((z_H_BxLxD, z_L_BxLxD), None)
+      (z_H_BxLxD, z_L_BxLxD), ys = frozen_cycle((z_H_BxLxD, z_L_BxLxD), None)
+      if trace:
+        traced.append((ys[0], ys[1][None]))
 
   # The last cycle, differentiated: trainable weights and x.
-  z_H_BxLxD, z_L_BxLxD = _cycle(
+  (z_H_BxLxD, z_L_BxLxD), ys = _cycle(
       lambda z_H, z_L: L_update(variables, z_L, z_H, x_BxLxD),
       lambda z_H, z_L: H_update(variables, z_H, z_L),
-      z_H_BxLxD, z_L_BxLxD, cfg.L_cycles, cfg.scan)
+      z_H_BxLxD, z_L_BxLxD, cfg.L_cycles, cfg.scan, trace)
   logits_BxSxV, q_halt_B, q_continue_B = model.apply(
       variables, z_H_BxLxD, method=TRMInner.heads)
   new_carry = jax.lax.stop_gradient((z_H_BxLxD, z_L_BxLxD))
-  return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+  if not trace:
+    return new_carry, logits_BxSxV, q_halt_B, q_continue_B
+  traced.append((ys[0], ys[1][None]))
+  dtype = z_H_BxLxD.dtype
+  states = {"z_L": jnp.concatenate([zs.astype(dtype) for zs, _ in traced]),
+            "z_H": jnp.concatenate([ys.astype(dtype) for _, ys in traced])}
+  return new_carry, logits_BxSxV, q_halt_B, q_continue_B, jax.lax.stop_gradient(states)
 
 
 def block_flops_per_row(cfg: TRMConfig) -> int:
