@@ -13,14 +13,14 @@ a typo fails here, not in 10 queued jobs.
 `summarize` can build the results table from the workdirs alone.
 """
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import re
-import sys
 from typing import Any, Callable, Sequence
 
 from etils import epath
+
+from experiments import common
 
 MANIFEST = "sweep_run.json"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -72,18 +72,14 @@ def portable_config_arg(path: str, variant: str | None) -> str:
 
 
 def load_experiment(path: str):
-  """Imports an experiment file by path (as config_flags does for --config)."""
+  """Imports an experiment file by path (as config_flags does for --config);
+  a repository-relative path works from any directory."""
   file = pathlib.Path(path)
   if not file.is_file() and (REPO / path).is_file():
     file = REPO / path  # "experiments/x.py" from outside the repository
   if not file.is_file():
     raise FileNotFoundError(f"No experiment file {path!r}.")
-  name = f"_hrm_sweep_{file.stem}"
-  spec = importlib.util.spec_from_file_location(name, file)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
+  return common.load_experiment(str(file))
 
 
 def format_value(value: Any) -> str:

@@ -2,6 +2,7 @@
 # pylint: disable=invalid-name
 import json
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -66,19 +67,60 @@ def train_step_loss_and_grads(cfg, variables, table, batch, rng=None):
   return loss, aux, grads
 
 
-def eval_steps(cfg, variables, table, batch, num_steps):
-  """Evaluation-mode ACT steps with the carry kept between them."""
-  model = hrm.HRMInner(cfg)
+def run_eval_steps(cfg, variables, table, batch, num_steps, step_fn):
+  """Evaluation-mode ACT steps from a fresh carry, the carry kept between them:
+  `step_fn(variables, carry, rows)` returns a tuple starting with the new carry;
+  the list of those tuples."""
   carry = act.initial_carry(cfg, batch["inputs"].shape[0])
   results = []
   for _ in range(num_steps):
     carry = act.reset_halted(carry, batch, variables["buffers"]["H_init"],
                              variables["buffers"]["L_init"])
-    rows = table[carry.puzzle_identifiers_B]
-    carry, outputs = act.act_step(model, variables, carry, rows, None, training=False)
-    loss, _ = losses.act_loss(outputs, carry, cfg.loss_type)
-    results.append((carry, outputs, loss))
+    result = step_fn(variables, carry, table[carry.puzzle_identifiers_B])
+    carry = result[0]
+    results.append(result)
   return results
+
+
+def eval_steps(cfg, variables, table, batch, num_steps):
+  """HRM's evaluation-mode ACT steps: [(carry, outputs, loss)] per step."""
+  model = hrm.HRMInner(cfg)
+
+  def step(variables, carry, rows):
+    carry, outputs = act.act_step(model, variables, carry, rows, None, training=False)
+    return carry, outputs, losses.act_loss(outputs, carry, cfg.loss_type)[0]
+
+  return run_eval_steps(cfg, variables, table, batch, num_steps, step)
+
+
+def fixture_setup(name, util=None):
+  """(fixture, config, variables, puzzle table, batch) of a fixture by name, read
+  by `util`'s loaders (this module's for HRM, trm_parity_util's for TRM)."""
+  util = util or sys.modules[__name__]
+  fx = util.load_fixture(name)
+  cfg = util.config_from_fixture(fx)
+  variables, table = util.variables_from_fixture(fx, cfg)
+  return fx, cfg, variables, table, util.batch_from_fixture(fx)
+
+
+def compiled_grad_flops(model, cfg, batch_size: int, puzzle_emb_ndim: int) -> float:
+  """XLA's FLOP count of the compiled gradient of one training ACT step (zero
+  weights, a fresh carry), to hold an analytic count against."""
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, cfg.seq_len), jnp.int32),
+      jnp.zeros((1, puzzle_emb_ndim), jnp.float32)))
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
+  carry = act.initial_carry(cfg, batch_size)
+
+  def loss(params):
+    new, outputs = act.act_step(model, {"params": params, "buffers": shapes["buffers"]},
+                                carry, jnp.zeros((batch_size, puzzle_emb_ndim)),
+                                jax.random.key(0), training=True)
+    return losses.act_loss(outputs, new)[0]
+
+  cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return cost["flops"]
 
 
 def rel_err(a, b) -> float:

@@ -8,8 +8,6 @@ import io
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +20,6 @@ from hrm_jax import analyze, models, visualize
 from hrm_jax import state as state_lib
 from hrm_jax.data import puzzles
 from hrm_jax.models import act
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------- participation ratio
@@ -153,20 +149,12 @@ def test_residuals_equal_updates_run_by_hand(arch):
 # ------------------------------------------------------------------ command
 
 
-def _run(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                        text=True, cwd=REPO_ROOT, env=env_util.single_device_env(),
-                        check=False, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   """A 4-step 4x4 Sudoku smoke run (HRM), then `analyze --compare_untrained`."""
   workdir = tmp_path_factory.mktemp("sudoku_run")
-  proc = _run("hrm_jax.main", "--config=experiments/sudoku.py:smoke", f"--workdir={workdir}",
-              f"--config.data.data_dir={tmp_path_factory.mktemp('data')}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = _run("hrm_jax.analyze", f"--workdir={workdir}", "--compare_untrained",
+  env_util.train_smoke(workdir, tmp_path_factory.mktemp("data"), "sudoku.py:smoke")
+  proc = env_util.run_module("hrm_jax.analyze", f"--workdir={workdir}", "--compare_untrained",
               "--num_puzzles=24")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc.stdout
@@ -226,14 +214,14 @@ def _error_line(proc) -> str:
 
 def test_bad_workdirs_fail_with_one_line(smoke_run, tmp_path):
   workdir, _ = smoke_run
-  line = _error_line(_run("hrm_jax.analyze", f"--workdir={tmp_path}"))
+  line = _error_line(env_util.run_module("hrm_jax.analyze", f"--workdir={tmp_path}"))
   assert line.startswith("hrm_jax.analyze: error:") and "no config.json" in line
 
   no_ckpt = tmp_path / "no_checkpoint"
   no_ckpt.mkdir()
   for name in ("config.json", "dataset.json"):
     shutil.copy(workdir / name, no_ckpt / name)
-  line = _error_line(_run("hrm_jax.analyze", f"--workdir={no_ckpt}"))
+  line = _error_line(env_util.run_module("hrm_jax.analyze", f"--workdir={no_ckpt}"))
   assert "has no checkpoint yet" in line
 
   moved = tmp_path / "dataset_gone"
@@ -241,5 +229,5 @@ def test_bad_workdirs_fail_with_one_line(smoke_run, tmp_path):
   config = json.loads((moved / "config.json").read_text())
   config["data"]["source"] = f"npy:{tmp_path / 'nowhere'}"
   (moved / "config.json").write_text(json.dumps(config))
-  line = _error_line(_run("hrm_jax.analyze", f"--workdir={moved}"))
+  line = _error_line(env_util.run_module("hrm_jax.analyze", f"--workdir={moved}"))
   assert "test split cannot be loaded" in line and "nowhere" in line

@@ -153,13 +153,18 @@ def test_corrupt_newest_falls_back(tmp_path, mesh, caplog, damaged):
   assert "step 2" in caplog.text and "falling back" in caplog.text
 
 
-def test_all_corrupt_raises(tmp_path, mesh):
+def _one_corrupt_checkpoint(tmp_path, mesh):
+  """A workdir whose only checkpoint (step 1) is truncated; (its state, a Checkpointer)."""
   state = _make_state(mesh)
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
   ckpt.save(1, state, None, {}, None)
   ckpt.close()
   _truncate_files(tmp_path / "checkpoints" / "1" / "state")
-  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
+  return state, ckpt_lib.Checkpointer(tmp_path, every_steps=1)
+
+
+def test_all_corrupt_raises(tmp_path, mesh):
+  state, ckpt = _one_corrupt_checkpoint(tmp_path, mesh)
   with pytest.raises(RuntimeError, match="No readable checkpoint"):
     ckpt.restore_latest(abstract_like(state))
   ckpt.close()
@@ -252,12 +257,7 @@ def test_corrupt_newest_is_moved_aside_and_saved_again(tmp_path, mesh, caplog):
 
 
 def test_all_corrupt_moves_nothing(tmp_path, mesh):
-  state = _make_state(mesh)
-  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, async_save=False)
-  ckpt.save(1, state, None, {}, None)
-  ckpt.close()
-  _truncate_files(tmp_path / "checkpoints" / "1" / "state")
-  ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1)
+  state, ckpt = _one_corrupt_checkpoint(tmp_path, mesh)
   with pytest.raises(ckpt_lib.CorruptCheckpointError, match=r"steps 1\).*nothing was moved"):
     ckpt.restore_latest(abstract_like(state))
   ckpt.close()

@@ -14,10 +14,7 @@ from hrm_jax.models import hrm, layers
 
 @pytest.fixture(scope="module")
 def rope_setup():
-  fx = pu.load_fixture("rope")
-  cfg = pu.config_from_fixture(fx)
-  variables, table = pu.variables_from_fixture(fx, cfg)
-  return fx, cfg, variables, table, pu.batch_from_fixture(fx)
+  return pu.fixture_setup("rope")
 
 
 def test_scan_and_python_loop_agree(rope_setup):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import parity_util as pu
 from hrm_jax import losses, models, torch_names
 from hrm_jax.models import act, transformer
 
@@ -220,16 +221,5 @@ def test_train_step_flops_match_xla_cost_analysis():
                                       puzzle_emb_ndim=256, hidden_size=256, num_heads=4,
                                       H_layers=3, forward_dtype="float32",
                                       halt_exploration_prob=0.0)
-  model, B = transformer.TransformerInner(cfg), 2
-  shapes = jax.eval_shape(lambda: transformer.init_variables(model, jax.random.key(0)))
-  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
-  carry = act.initial_carry(cfg, B)
-
-  def loss(params):
-    new, outputs = act.act_step(model, {"params": params, "buffers": shapes["buffers"]},
-                                carry, jnp.zeros((B, 256)), jax.random.key(0), training=True)
-    return losses.act_loss(outputs, new)[0]
-
-  cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  assert 1.0 <= cost["flops"] / transformer.train_step_flops(cfg, B) < 1.03
+  flops = pu.compiled_grad_flops(transformer.TransformerInner(cfg), cfg, 2, 256)
+  assert 1.0 <= flops / transformer.train_step_flops(cfg, 2) < 1.03

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import parity_util as pu
 import trm_parity_util as tu
 from hrm_jax import losses, models, torch_names
 from hrm_jax.models import act, layers, trm
@@ -66,10 +67,7 @@ def test_initialisation():
 
 @pytest.fixture(scope="module", params=["att", "mlp"])
 def fixture_setup(request):
-  fx = tu.load_fixture(request.param)
-  cfg = tu.config_from_fixture(fx)
-  variables, table = tu.variables_from_fixture(fx, cfg)
-  return fx, cfg, variables, table, tu.batch_from_fixture(fx)
+  return pu.fixture_setup(request.param, tu)
 
 
 def test_scan_and_python_loop_agree(fixture_setup):
@@ -279,20 +277,8 @@ def test_train_step_flops_match_xla_cost_analysis():
                         puzzle_emb_ndim=256, puzzle_emb_len=2, hidden_size=256,
                         num_heads=4, H_cycles=3, L_cycles=2, forward_dtype="float32",
                         scan=False, halt_exploration_prob=0.0, **extra)
-    model, B = trm.TRMInner(cfg), 2
-    shapes = jax.eval_shape(lambda: trm.init_variables(model, jax.random.key(0)))
-    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
-    carry = act.initial_carry(cfg, B)
-
-    def loss(params):
-      new, outputs = act.act_step(model, {"params": params, "buffers": shapes["buffers"]},
-                                  carry, jnp.zeros((B, 256)), jax.random.key(0),
-                                  training=True)
-      return losses.act_loss(outputs, new)[0]
-
-    cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    ratio = cost["flops"] / trm.train_step_flops(cfg, B)
+    flops = pu.compiled_grad_flops(trm.TRMInner(cfg), cfg, 2, 256)
+    ratio = flops / trm.train_step_flops(cfg, 2)
     assert 1.0 <= ratio < 1.03, (extra, ratio)
 
 

@@ -5,8 +5,6 @@ import io
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import matplotlib
 matplotlib.use("Agg")
@@ -22,22 +20,12 @@ from hrm_jax.data import arc as arc_data
 from hrm_jax.data import maze as maze_data
 from hrm_jax.data import sudoku as sudoku_data
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _run(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                        text=True, cwd=REPO_ROOT, env=env_util.single_device_env(),
-                        check=False, timeout=600)
-
 
 @pytest.fixture(scope="module")
 def maze_run(tmp_path_factory):
   """A 4-step 7x7 maze smoke run (evals at steps 2 and 4)."""
   workdir = tmp_path_factory.mktemp("maze_run")
-  proc = _run("hrm_jax.main", "--config=experiments/maze.py:smoke", f"--workdir={workdir}",
-              f"--config.data.data_dir={tmp_path_factory.mktemp('data')}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  env_util.train_smoke(workdir, tmp_path_factory.mktemp("data"), "maze.py:smoke")
   return workdir
 
 
@@ -67,7 +55,7 @@ def test_writes_decodable_pngs_and_self_contained_html(maze_run, tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-  proc = _run("hrm_jax.visualize", f"--workdir={tmp_path}")
+  proc = env_util.run_module("hrm_jax.visualize", f"--workdir={tmp_path}")
   assert proc.returncode != 0
   assert "no checkpoints/ directory" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -82,23 +70,15 @@ def _red_outlines(ax):
 
 
 def test_sudoku_wrong_digit_is_red():
-  puzzle = np.array([[3, 1, 0, 2], [4, 2, 3, 1], [2, 4, 1, 3], [1, 3, 2, 4]])
-  answer = puzzle.copy()
-  answer[0, 2] = 4
-  wrong = answer.copy()
-  wrong[0, 2] = 1
+  puzzle, answer, (wrong, _) = _sudoku_trajectory()
   ax = _axes()
-  assert pictures.render_grid(ax, "sudoku", sudoku_data.encode(wrong),
-                               inputs=sudoku_data.encode(puzzle),
-                               target=sudoku_data.encode(answer)) == 1
+  assert pictures.render_grid(ax, "sudoku", wrong, inputs=puzzle, target=answer) == 1
   assert _red_outlines(ax) == 1
   red_texts = [t.get_text() for t in ax.texts
                if t.get_color() == pictures.WRONG]
   assert red_texts == ["1"]
   ax = _axes()
-  assert pictures.render_grid(ax, "sudoku", sudoku_data.encode(answer),
-                               inputs=sudoku_data.encode(puzzle),
-                               target=sudoku_data.encode(answer)) == 0
+  assert pictures.render_grid(ax, "sudoku", answer, inputs=puzzle, target=answer) == 0
   assert _red_outlines(ax) == 0
 
 

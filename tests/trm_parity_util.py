@@ -15,7 +15,8 @@ import numpy as np
 
 from hrm_jax import losses, sharding, steps, torch_names
 from hrm_jax.models import act, trm
-from parity_util import TESTDATA, rel_err, torch_grad_name_to_path  # pylint: disable=unused-import
+from parity_util import (  # pylint: disable=unused-import
+    TESTDATA, rel_err, run_eval_steps, torch_grad_name_to_path)
 
 CONFIG_FIELDS = (
     "seq_len", "vocab_size", "num_puzzle_identifiers", "puzzle_emb_ndim",
@@ -109,16 +110,10 @@ def _eval_act_step(variables, carry, rows_BxE, *, cfg):
 
 
 def eval_steps(cfg, variables, table, batch, num_steps):
-  """Evaluation-mode ACT steps from a fresh carry, the carry kept between them."""
-  carry = act.initial_carry(cfg, batch["inputs"].shape[0])
-  results = []
-  for _ in range(num_steps):
-    carry = act.reset_halted(carry, batch, variables["buffers"]["H_init"],
-                             variables["buffers"]["L_init"])
-    rows = table[carry.puzzle_identifiers_B]
-    carry, outputs, loss, metrics = _eval_act_step(variables, carry, rows, cfg=cfg)
-    results.append((carry, outputs, loss, metrics))
-  return results
+  """Evaluation-mode ACT steps from a fresh carry, the carry kept between them:
+  [(carry, outputs, loss, metrics)] per step."""
+  return run_eval_steps(cfg, variables, table, batch, num_steps,
+                        functools.partial(_eval_act_step, cfg=cfg))
 
 
 def train_loop_settings(fx) -> ml_collections.ConfigDict:

@@ -25,7 +25,7 @@ Variables = Any  # {"params": ..., "buffers": ...}
 
 
 @dataclasses.dataclass(frozen=True)
-class HRMConfig:
+class HRMConfig(io.PrefixShape):
   """Model hyperparameters; field names follow the reference's `hrm_v1.yaml`.
 
   The one source of the family's defaults (reference values, spec §1.1):
@@ -84,18 +84,9 @@ class HRMConfig:
     """q_halt > q_continue, and the bootstrapped Q-continue target (spec §2)."""
     return models.ACTRules(halt_on_q_halt_alone=False, q_continue_target=True)
 
-  @property
-  def puzzle_emb_len(self) -> int:
-    """Number of prefix tokens the puzzle embedding occupies (P)."""
-    return -(self.puzzle_emb_ndim // -self.hidden_size)
-
-  @property
-  def num_positions(self) -> int:
-    """L = P + S."""
-    return self.seq_len + self.puzzle_emb_len
 
 
-class HRMInner(io.PuzzleModel):
+class HRMInner(io.TwoStateModel):
   """Parameters and the single-step pieces of HRM; `segment` composes them.
 
   The puzzle-embedding table is not part of this module: it is trained by its
@@ -116,24 +107,8 @@ class HRMInner(io.PuzzleModel):
     self.L_level = module(num_layers=cfg.L_layers)
     self.setup_initial_states(("H_init", "L_init"))
 
-  def L_update(self, z_L_BxLxD: Array, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:
-    return self.L_level(z_L_BxLxD, z_H_BxLxD + x_BxLxD, self.cos_sin)
-
   def H_update(self, z_H_BxLxD: Array, z_L_BxLxD: Array) -> Array:
     return self.H_level(z_H_BxLxD, z_L_BxLxD, self.cos_sin)
-
-  def initial_states(self) -> tuple[Array, Array]:
-    return self.H_init.value, self.L_init.value
-
-  def __call__(self, inputs_BxS: Array, puzzle_rows_BxE: Array):
-    """Touches every piece once; used only by `init`."""
-    x_BxLxD = self.embed_input(inputs_BxS, puzzle_rows_BxE)
-    B, L, D = x_BxLxD.shape
-    z_H_BxLxD = jnp.broadcast_to(self.H_init.value, (B, L, D))
-    z_L_BxLxD = self.L_update(jnp.broadcast_to(self.L_init.value, (B, L, D)),
-                              z_H_BxLxD, x_BxLxD)
-    z_H_BxLxD = self.H_update(z_H_BxLxD, z_L_BxLxD)
-    return self.heads(z_H_BxLxD)
 
 
 init_variables = io.init_variables

@@ -2,8 +2,8 @@
 (tokens, the zero-padded puzzle-embedding prefix, positions), the LM and Q
 heads and the fixed initial states.
 
-`PuzzleModel` is the linen base of `hrm.HRMInner`, `trm.TRMInner` and
-`transformer.TransformerInner`; each family's `setup` calls `setup_io` and
+`PuzzleModel` is the linen base of `transformer.TransformerInner` and, through
+`TwoStateModel` (two carried states), of `hrm.HRMInner` and `trm.TRMInner`; each family's `setup` calls `setup_io` and
 `setup_initial_states` and adds its own networks. The parameter names
 (`embed_tokens`, `embed_pos`, `lm_head`, `q_head`, buffers `H_init`/`L_init`)
 are the originals' state-dict names, so conversion maps them one to one. The
@@ -22,6 +22,21 @@ import jax.numpy as jnp
 from hrm_jax.models import layers
 
 Array = jax.Array
+
+
+class PrefixShape:
+  """Config mixin: P = ceil(E / D) puzzle-embedding prefix tokens and L = S + P
+  positions (HRM's rule; TRM gives P itself)."""
+
+  @property
+  def puzzle_emb_len(self) -> int:
+    """Number of prefix tokens the puzzle embedding occupies (P)."""
+    return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+  @property
+  def num_positions(self) -> int:
+    """L = P + S."""
+    return self.seq_len + self.puzzle_emb_len
 
 
 class PuzzleModel(nn.Module):
@@ -81,6 +96,29 @@ class PuzzleModel(nn.Module):
     logits_BxSxV = self.lm_head(z_H_BxLxD)[:, self.config.puzzle_emb_len:]
     q_logits_Bx2 = self.q_head(z_H_BxLxD[:, 0]).astype(jnp.float32)
     return logits_BxSxV, q_logits_Bx2[:, 0], q_logits_Bx2[:, 1]
+
+
+class TwoStateModel(PuzzleModel):
+  """A PuzzleModel with two carried states, z_H and z_L (HRM, TRM): the
+  subclass's `setup` makes `L_level` (and HRM an `H_level`), and its
+  `H_update(z_H, z_L)` says which network updates z_H."""
+
+  def L_update(self, z_L_BxLxD: Array, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:
+    """z_L <- L_level(z_L, z_H + x): the input is injected into the fast/latent state."""
+    return self.L_level(z_L_BxLxD, z_H_BxLxD + x_BxLxD, self.cos_sin)
+
+  def initial_states(self) -> tuple[Array, Array]:
+    return self.H_init.value, self.L_init.value
+
+  def __call__(self, inputs_BxS: Array, puzzle_rows_BxE: Array):
+    """Touches every piece once; used only by `init`."""
+    x_BxLxD = self.embed_input(inputs_BxS, puzzle_rows_BxE)
+    B, L, D = x_BxLxD.shape
+    z_H_BxLxD = jnp.broadcast_to(self.H_init.value, (B, L, D))
+    z_L_BxLxD = self.L_update(jnp.broadcast_to(self.L_init.value, (B, L, D)),
+                              z_H_BxLxD, x_BxLxD)
+    z_H_BxLxD = self.H_update(z_H_BxLxD, z_L_BxLxD)
+    return self.heads(z_H_BxLxD)
 
 
 def init_variables(model: PuzzleModel, rng: jax.Array, batch_size: int = 1):

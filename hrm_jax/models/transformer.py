@@ -36,7 +36,7 @@ Variables = Any  # {"params": ..., "buffers": ...}
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(io.PrefixShape):
   """Baseline hyperparameters; names follow the reference's `Model_ACTV2Config`.
 
   The reference's `H_cycles` ("kept for compatibility") is not a field: one
@@ -114,15 +114,6 @@ class TransformerConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
-  @property
-  def puzzle_emb_len(self) -> int:
-    """P = ceil(E / D), HRM's rule."""
-    return -(self.puzzle_emb_ndim // -self.hidden_size)
-
-  @property
-  def num_positions(self) -> int:
-    """L = S + P."""
-    return self.seq_len + self.puzzle_emb_len
 
 
 class TransformerInner(io.PuzzleModel):

@@ -150,7 +150,7 @@ class TRMConfig:
                            q_continue_target=not self.no_ACT_continue)
 
 
-class TRMInner(io.PuzzleModel):
+class TRMInner(io.TwoStateModel):
   """Parameters and the single-call pieces of TRM; `segment` composes them.
 
   Method names and meanings follow `hrm.HRMInner`; the difference is that
@@ -171,26 +171,9 @@ class TRMInner(io.PuzzleModel):
     # Fixed initial states y0, z0.
     self.setup_initial_states(("H_init", "L_init"))
 
-  def L_update(self, z_L_BxLxD: Array, z_H_BxLxD: Array, x_BxLxD: Array) -> Array:
-    """Latent update z <- f(z, y + x)."""
-    return self.L_level(z_L_BxLxD, z_H_BxLxD + x_BxLxD, self.cos_sin)
-
   def H_update(self, z_H_BxLxD: Array, z_L_BxLxD: Array) -> Array:
     """Answer update y <- f(y, z): the same network, without x."""
     return self.L_level(z_H_BxLxD, z_L_BxLxD, self.cos_sin)
-
-  def initial_states(self) -> tuple[Array, Array]:
-    return self.H_init.value, self.L_init.value
-
-  def __call__(self, inputs_BxS: Array, puzzle_rows_BxE: Array):
-    """Touches every piece once; used only by `init`."""
-    x_BxLxD = self.embed_input(inputs_BxS, puzzle_rows_BxE)
-    B, L, D = x_BxLxD.shape
-    z_H_BxLxD = jnp.broadcast_to(self.H_init.value, (B, L, D))
-    z_L_BxLxD = self.L_update(jnp.broadcast_to(self.L_init.value, (B, L, D)),
-                              z_H_BxLxD, x_BxLxD)
-    z_H_BxLxD = self.H_update(z_H_BxLxD, z_L_BxLxD)
-    return self.heads(z_H_BxLxD)
 
 
 init_variables = io.init_variables
