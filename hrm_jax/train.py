@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import json
 import signal
 import time
 from typing import Any, Iterator
@@ -213,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     raise
   except ValueError as e:  # shapes (CheckpointMismatchError) or the sampler's seed/batch
     ckpt.close()
-    raise _resume_mismatch(e, workdir, config) from e
+    raise workdir_lib.explain_resume_mismatch(e, workdir, config) from e
   if restored is not None:
     step, state, restored_carry, data_state = restored
     carry = carry if restored_carry is None else restored_carry
@@ -344,11 +343,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 # The metrics the closing summary shows first, when the evaluator reports them.
 _HEADLINE = ("exact_accuracy", "accuracy", "loss", "steps")
-# Fields that never affect a resume (where things go, what is logged); every
-# other difference is listed when a resume fails. (eval.every_steps and
-# total_steps can matter too: they set the sampler's iteration length.)
-_IRRELEVANT_TO_RESUME = ("init_from", "profile_steps", "log_every_steps", "data.data_dir",
-                         "data.num_workers")
 
 
 def closing_summary(config, workdir, step: int, total_steps: int,
@@ -374,41 +368,6 @@ def closing_summary(config, workdir, step: int, total_steps: int,
             f"  pictures:   python -m hrm_jax.visualize --workdir={workdir}",
             f"  curves:     tensorboard --logdir={workdir / metric_writers.TENSORBOARD_DIR}"]
   return "\n".join(lines)
-
-
-def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
-  """`key: saved -> now` for every field that differs (but those of
-  `_IRRELEVANT_TO_RESUME` and ckpt.*)."""
-  changes = []
-  for key in sorted(set(saved) | set(now)):
-    path = f"{prefix}{key}"
-    a, b = saved.get(key), now.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      changes += _config_changes(a, b, path + ".")
-    elif path not in _IRRELEVANT_TO_RESUME and not path.startswith("ckpt."):
-      if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple)
-                                                       else b):
-        changes.append(f"{path}: {a!r} -> {b!r}")
-  return changes
-
-
-def _resume_mismatch(error: Exception, workdir, config) -> Exception:
-  """A resume that cannot work, explained: what changed since the saved run
-  and the ways out, before the details."""
-  try:
-    saved = workdir_lib.read_config(workdir).to_dict()
-  except Exception:  # pylint: disable=broad-exception-caught
-    saved = None
-  now = json.loads(config.to_json_best_effort())
-  changes = _config_changes(saved, now) if saved is not None else []
-  what = ("; ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4
-                                    else "")) if changes else "nothing in config.json"
-  message = (
-      f"Cannot resume {workdir} with this config (changed since the saved run: {what}). "
-      f"Resume with the saved values ({workdir / workdir_lib.CONFIG_FILE}), or start a "
-      f"new --workdir (add --config.init_from={workdir} to start from its weights).\n"
-      + str(error))
-  return checkpoint.CheckpointMismatchError(message)
 
 
 class _Profiler:

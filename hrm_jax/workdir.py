@@ -20,7 +20,8 @@ no dataset). `convert` writes the same layout for a released PyTorch model,
 so there is one checkpoint format and one loader. JSON files are written
 atomically (a temporary file renamed over the old one), so a crash never
 leaves half a file, and only once every resume check passed, so a failed
-resume never breaks the run it was pointed at. The trainer creates the
+resume never breaks the run it was pointed at; one that fails is explained
+against the saved config.json (`explain_resume_mismatch`). The trainer creates the
 directory only once its data and model are ready: a command that fails before
 (a typo, bad data) leaves nothing behind (`check_writable`,
 `remove_if_empty`).
@@ -128,6 +129,49 @@ def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     saved["data"]["family"] = saved["data"].pop("name")  # runs before the rename
   # JSON turns tuples into lists; nothing the model reads is a tuple.
   return ml_collections.ConfigDict(saved)
+
+
+# Fields that never affect a resume (where things go, what is logged); every
+# other difference is listed when a resume fails. (eval.every_steps and
+# total_steps can matter too: they set the sampler's iteration length.)
+_IRRELEVANT_TO_RESUME = ("init_from", "profile_steps", "log_every_steps", "data.data_dir",
+                         "data.num_workers")
+
+
+def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+  """`key: saved -> now` for every field that differs (but those of
+  `_IRRELEVANT_TO_RESUME` and ckpt.*)."""
+  changes = []
+  for key in sorted(set(saved) | set(now)):
+    path = f"{prefix}{key}"
+    a, b = saved.get(key), now.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += _config_changes(a, b, path + ".")
+    elif path not in _IRRELEVANT_TO_RESUME and not path.startswith("ckpt."):
+      if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple)
+                                                       else b):
+        changes.append(f"{path}: {a!r} -> {b!r}")
+  return changes
+
+
+def explain_resume_mismatch(error: Exception, workdir: epath.PathLike,
+                            config: ml_collections.ConfigDict) -> Exception:
+  """A resume that cannot work, explained: what changed since the saved run
+  and the ways out, before the details."""
+  try:
+    saved = read_config(workdir).to_dict()
+  except Exception:  # pylint: disable=broad-exception-caught
+    saved = None
+  now = json.loads(config.to_json_best_effort())
+  changes = _config_changes(saved, now) if saved is not None else []
+  what = ("; ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4
+                                    else "")) if changes else "nothing in config.json"
+  message = (
+      f"Cannot resume {workdir} with this config (changed since the saved run: {what}). "
+      f"Resume with the saved values ({epath.Path(workdir) / CONFIG_FILE}), or start a "
+      f"new --workdir (add --config.init_from={workdir} to start from its weights).\n"
+      + str(error))
+  return checkpoint.CheckpointMismatchError(message)
 
 
 def write_dataset_info(workdir: epath.PathLike, metadata: puzzles.DatasetMetadata,

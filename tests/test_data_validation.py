@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hrm_jax import data
-from hrm_jax.data import arc
+from hrm_jax.data import arc_tasks
 from hrm_jax.data import config as config_lib
 from hrm_jax.data import maze
 from hrm_jax.data import npy_format
@@ -345,16 +345,16 @@ def test_arc_task_without_pairs_names_task_and_file(tmp_path, task, missing):
   (root / "evaluation" / "empty1.json").write_text(json.dumps(task))
   with pytest.raises(data.DataError, match=(
       rf"evaluation/empty1.json task empty1: no {missing} pairs")):
-    arc.load_tasks(f"dirs:{root}")
+    arc_tasks.load_tasks(f"dirs:{root}")
   # A task to solve needs only its test inputs (solve.py checks those).
-  parsed = arc.parse_task(task, "empty1", "", "f.json",
-                          test_outputs_required=False)
+  parsed = arc_tasks.parse_task(task, "empty1", "", "f.json",
+                                test_outputs_required=False)
   assert len(parsed.train) + len(parsed.test) == 1
 
 
 def test_arc_pairs_must_be_a_list(tmp_path):
   with pytest.raises(data.DataError, match="'train' must be a list of pairs"):
-    arc.parse_task({"train": {"input": [[1]]}, "test": []}, "t", "", "f.json")
+    arc_tasks.parse_task({"train": {"input": [[1]]}, "test": []}, "t", "", "f.json")
 
 
 # -------------------------------------------------------- build names, clean-up

@@ -8,6 +8,7 @@ from experiments import arc as arc_exp
 from experiments import sudoku as sudoku_exp
 from hrm_jax import data, metric_writers, optim, train, workdir as workdir_lib
 from hrm_jax.data import arc as arc_data
+from hrm_jax.data import arc_tasks
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_arc_test_time_split_keeps_only_the_evaluation_tasks():
   full = arc_data.plan(cfg, progress=lambda m: None)
   cfg.test_time = True
   tta = arc_data.plan(cfg, progress=lambda m: None)
-  tasks = {t.task_id: t for t in arc_data.load_tasks(cfg.source, 2)}
-  evaluation = sorted(k for k, t in tasks.items() if t.subset == arc_data.EVALUATION)
+  tasks = {t.task_id: t for t in arc_tasks.load_tasks(cfg.source, 2)}
+  evaluation = sorted(k for k, t in tasks.items() if t.subset == arc_tasks.EVALUATION)
   assert len(evaluation) == 2 and len(tasks) == 4
   names = {arc_data.parse_name(n)[0] for n in tta.identifiers[1:]}
   assert names == set(evaluation)  # fresh ids: the evaluation tasks' variants alone
@@ -134,5 +135,5 @@ def test_arc_tta_starts_new_puzzle_ids_at_the_mean_of_the_pretrained_table(data_
   # Only the evaluation tasks' test inputs were predicted.
   test = data.load(config.data, "test")
   assert {arc_data.parse_name(n)[0] for n in test.identifiers[1:]} == {
-      t.task_id for t in arc_data.load_tasks(config.data.source, 2)
-      if t.subset == arc_data.EVALUATION}
+      t.task_id for t in arc_tasks.load_tasks(config.data.source, 2)
+      if t.subset == arc_tasks.EVALUATION}

@@ -24,6 +24,7 @@ import env_util
 from hrm_jax import convert, data, inference, metric_writers, solve, torch_names, train
 from hrm_jax import workdir as workdir_lib
 from hrm_jax.data import arc as arc_data
+from hrm_jax.data import arc_tasks
 from hrm_jax.data import maze as maze_data
 from hrm_jax.data import sudoku as sudoku_data
 
@@ -225,7 +226,7 @@ def test_arc_votes_map_every_variant_back(monkeypatch):
   must undo every augmentation, agree on one grid and call it correct."""
   truth = np.array([[1, 2, 3], [4, 5, 6]])
   test_input = np.array([[7, 8], [9, 0]])
-  task = arc_data.Task("abc", "", [], [(test_input, truth)])
+  task = arc_tasks.Task("abc", "", [], [(test_input, truth)])
   names = ["<blank>", "abc", "abc_t3_0213456789", "abc_t6_0987654321", "other"]
 
   def oracle(loaded, inputs_BxS, ids_B, **kwargs):
@@ -246,7 +247,7 @@ def test_arc_votes_map_every_variant_back(monkeypatch):
   assert test["votes"] == [3] and test["correct_top1"] and test["correct_top2"]
   np.testing.assert_array_equal(test["attempts"][0], truth)
 
-  unknown = arc_data.Task("zzz", "", [], [(test_input, truth)])
+  unknown = arc_tasks.Task("zzz", "", [], [(test_input, truth)])
   result = solve.solve_arc(_fake_arc_model(names), unknown, [False], 2, False)
   assert result["puzzle_identifiers"] == [0]
   assert "not among the model's 5 puzzle identifiers" in result["notes"][0]

@@ -21,14 +21,13 @@ group (the reference's `--aug`, off by default as in the paper).
 from __future__ import annotations
 
 import collections
-import csv
-import os
 from typing import Iterator
 
 import numpy as np
 
 from hrm_jax.data import dihedral
 from hrm_jax.data import puzzles
+from hrm_jax.data import qa_csv
 from hrm_jax.data import seeding
 from hrm_jax.data.errors import DataError
 from hrm_jax.data.errors import where
@@ -207,20 +206,8 @@ def read_csv(path: str, size: int = 0, limit: int = 0, seed: int = 0,
   its line ("row") and the CSV column. `size` 0 infers the side from the
   first row; `limit` > 0 keeps a seeded subset of that many rows.
   """
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
   inputs, labels = [], []
-  with open(path, newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if not header:
-      raise DataError(f"{path}: empty file: no header and no data rows "
-                      "(expected the header 'source,q,a,rating', then one "
-                      "maze per row)")
-    if "q" not in header or "a" not in header:
-      raise DataError(f"{path}: header must contain columns 'q' and 'a', got "
-                      f"{header}")
-    qi, ai = header.index("q"), header.index("a")
+  with qa_csv.open_csv(path, "maze") as (reader, header, qi, ai):
     for row in reader:
       loc = where(path, f"row {reader.line_num}")
       if len(row) != len(header):
@@ -260,16 +247,6 @@ def read_csv(path: str, size: int = 0, limit: int = 0, seed: int = 0,
 # ---------------------------------------------------------------------- plan
 
 
-def _fetch_hf(repo_id: str, filename: str) -> str:
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(f"source 'hf:{repo_id}' needs huggingface_hub (pip "
-                    "install huggingface_hub), or use 'csv:<dir>'") from e
-  return huggingface_hub.hf_hub_download(repo_id, filename,
-                                         repo_type="dataset")
-
-
 def plan(cfg, progress=print) -> puzzles.DatasetPlan:
   """Reads or generates the mazes; dihedral variants are made lazily."""
   size, source = cfg.grid_size, cfg.source
@@ -278,12 +255,7 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
            "test": cfg.test_size if cfg.test_size >= 0 else
                    (0 if from_csv else DEFAULT_TEST_SIZE)}
   if from_csv:
-    if source.startswith("csv:"):
-      root = os.path.expanduser(source[len("csv:"):])
-      paths = {s: os.path.join(root, f"{s}.csv") for s in ("train", "test")}
-    else:
-      paths = {s: _fetch_hf(source[len("hf:"):], f"{s}.csv")
-               for s in ("train", "test")}
+    paths = qa_csv.split_paths(source)
     data = {s: read_csv(paths[s], size, sizes[s], cfg.seed, s)
             for s in ("train", "test")}
   elif source == "generate":

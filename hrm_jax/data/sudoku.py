@@ -20,15 +20,14 @@ Train groups = original + `num_aug` augmented variants; all puzzle ids 0.
 
 from __future__ import annotations
 
-import csv
 import functools
-import os
 from typing import Iterator
 
 import numpy as np
 
 from hrm_jax.data import parallel
 from hrm_jax.data import puzzles
+from hrm_jax.data import qa_csv
 from hrm_jax.data import seeding
 from hrm_jax.data import sudoku_solver
 from hrm_jax.data.errors import DataError
@@ -184,29 +183,11 @@ def _solutions_valid(q: np.ndarray, a: np.ndarray) -> bool:
               np.all(boxes == full) and not np.any((q != 0) & (q != a)))
 
 
-class _LineNumbers:
-  """File line of data row `rows[i]` (header = line 1), found by reading the
-  file again: only error messages need it, so the hot loop stores none
-  (quoted fields may span lines, so it is not simply rows[i] + 2)."""
-
-  def __init__(self, path: str, rows):
-    self._path, self._rows = path, rows
-
-  def __getitem__(self, i: int) -> int:
-    want = int(self._rows[i]) + 1  # The header is record 0.
-    with open(self._path, newline="") as f:
-      reader = csv.reader(f)
-      for k, _ in enumerate(reader):
-        if k == want:
-          return reader.line_num
-    return want + 1
-
-
 def _check_rows(path, n, rows, qi, ai, indices) -> tuple[np.ndarray,
                                                         np.ndarray]:
   """Parses and checks CSV rows (data rows `indices`, 0-based); DataError
   names the file line and column."""
-  lines = _LineNumbers(path, indices)
+  lines = qa_csv.LineNumbers(path, indices)
   q = parse_boards([r[qi] for r in rows], n, path, lines, "q")
   a = parse_boards([r[ai] for r in rows], n, path, lines, "a")
   if not _solutions_valid(q, a):
@@ -227,22 +208,10 @@ def _read_csv(path: str, n: int, size: int, min_rating: int, seed: int,
   the build whether or not it is sampled; the second parses the chosen
   rows. Row numbers in messages are file line numbers (the header is 1).
   """
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
-  with open(path, newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if not header:
-      raise DataError(f"{path}: empty file: no header and no data rows "
-                      "(expected the header 'source,q,a,rating', then one "
-                      "puzzle per row)")
-    if "q" not in header or "a" not in header:
-      raise DataError(f"{path}: header must contain columns 'q' and 'a', got "
-                      f"{header}")
+  with qa_csv.open_csv(path, "puzzle") as (reader, header, qi, ai):
     ri = header.index("rating") if "rating" in header else None
     if min_rating > 0 and ri is None:
       raise DataError(f"{path}: min_rating set but there is no rating column")
-    qi, ai = header.index("q"), header.index("a")
     width, ratings, chunk, count = len(header), [], [], 0
 
     def check_chunk():
@@ -277,23 +246,9 @@ def _read_csv(path: str, n: int, size: int, min_rating: int, seed: int,
     keep = keep[np.sort(picked)]
   wanted = np.zeros(count, bool)
   wanted[keep] = True
-  with open(path, newline="") as f:
-    reader = csv.reader(f)
-    next(reader)
+  with qa_csv.open_csv(path, "puzzle") as (reader, _, _, _):
     chosen = [row for row, w in zip(reader, wanted) if w]
   return _check_rows(path, n, chosen, qi, ai, keep)
-
-
-def _fetch_hf(repo_id: str, filename: str) -> str:
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(
-        f"source 'hf:{repo_id}' needs huggingface_hub (pip install "
-        "huggingface_hub), or download the CSVs yourself and use "
-        "source='csv:<dir>'") from e
-  return huggingface_hub.hf_hub_download(repo_id, filename,
-                                         repo_type="dataset")
 
 
 def _generate_one(job):
@@ -361,12 +316,7 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
   if from_csv:
     if n != 9:
       raise DataError(f"CSV Sudoku sources are 9x9; board_size is {n}")
-    if source.startswith("csv:"):
-      root = os.path.expanduser(source[len("csv:"):])
-      paths = {s: os.path.join(root, f"{s}.csv") for s in ("train", "test")}
-    else:
-      paths = {s: _fetch_hf(source[len("hf:"):], f"{s}.csv")
-               for s in ("train", "test")}
+    paths = qa_csv.split_paths(source)
     progress(f"reading {paths['train']}")
     train = _read_csv(paths["train"], n, cfg.train_size, min_rating,
                       cfg.seed, "train")
