@@ -243,6 +243,12 @@ def load_weights(workdir: epath.PathLike, sharding: jax.sharding.Sharding | None
   metadata, identifiers = dataset_info(workdir, config)
   model_cfg = models.make_config(config.model, metadata)
   model = models.build(model_cfg)
+  # Checked before any checkpoint manager exists: a manager would create the
+  # directory, and its clean-up thread races the exit of a tool that fails here.
+  ckpt_dir = epath.Path(workdir) / checkpoint.CHECKPOINT_DIR
+  if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+    raise WorkdirError(f"{os.fspath(workdir)!r} has no checkpoint yet (nothing in "
+                       f"{os.fspath(ckpt_dir)}).")
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, async_save=False)
   try:
     step, saved = ckpt.restore_weights(sharding, step)

@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+from experiments import maze as maze_exp
+from experiments import sudoku as sudoku_exp
 from hrm_jax import cpu_kind
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,8 +48,11 @@ def test_gpu_session_tiny_runs_a_measurement(tmp_path):
   assert imports["measurement"] == "imports" and imports["missing"] == []
   assert accum["measurement"] == "maze_1gpu" and accum["rc"] == 0, accum
   assert accum["grad_accum_steps"] == 16 and accum["batch"] == 16
-  assert accum["bfloat16_examples_per_s"] > 0
-  ops = profile["bfloat16_profile_top_ops"]
+  # The smoke configs' own dtype (no --dtype in the plan).
+  maze_dtype = maze_exp.get_config("smoke,1gpu").model.forward_dtype
+  sudoku_dtype = sudoku_exp.get_config("smoke").model.forward_dtype
+  assert accum[f"{maze_dtype}_examples_per_s"] > 0
+  ops = profile[f"{sudoku_dtype}_profile_top_ops"]
   assert ops["by_kind"] and ops["op_ms_per_step"] > 0
   assert any("dot" in name or "fusion" in name for name, _, _ in ops["by_kind"])
   saved = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
