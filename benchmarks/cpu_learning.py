@@ -19,13 +19,17 @@ compilation included). Reports the final held-out exact accuracy, the first
 evaluation at or above the target (90% for Sudoku and Maze) with its step and wall
 time, the run's CPU seconds (user + system of the child: less sensitive to other
 jobs' load than wall time) and for ARC the voted pass@2. Prints a table; the last
-line is one JSON object keyed by run (`sudoku:trm,cpu`).
+line is one JSON object keyed by run (`sudoku:trm,cpu`). Each run's console goes to
+WORKDIR_ROOT/<run>.log. `--stop_at_target` stops a run (SIGTERM: it saves and exits
+like a preempted run) once an evaluation reaches the target: time to accuracy
+without the rest of the schedule.
 """
 import argparse
 import json
 import pathlib
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,7 +80,12 @@ def children_cpu_s() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def run_one(name: str, variant: str, root: pathlib.Path) -> dict:
+def first_at_target(evals: list[dict], target: float | None) -> dict | None:
+  return next((r for r in evals if target is not None
+               and r["eval/exact_accuracy"] >= target), None)
+
+
+def run_one(name: str, variant: str, root: pathlib.Path, stop_at_target: bool) -> dict:
   label = f"{name}:{variant}"
   slug = f"{name}_{variant.replace(',', '_')}"
   workdir, data_dir = root / slug, root / "data" / slug
@@ -84,20 +93,28 @@ def run_one(name: str, variant: str, root: pathlib.Path) -> dict:
     shutil.rmtree(path, ignore_errors=True)
   cmd = [sys.executable, "-m", "hrm_jax.main", f"--config=experiments/{name}.py:{variant}",
          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
-  print("$", " ".join(cmd), flush=True)
-  t0, cpu0 = time.perf_counter(), children_cpu_s()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-  wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
-  if proc.returncode:
-    print(proc.stderr[-3000:])
-    raise SystemExit(f"{label}: training failed (exit {proc.returncode})")
-  evals = read_evals(workdir)
+  log = root / f"{slug}.log"
+  print("$", " ".join(cmd), f"> {log}", flush=True)
   target = TARGETS.get(name)
-  hit = next((r for r in evals if target is not None
-              and r["eval/exact_accuracy"] >= target), None)
+  t0, cpu0 = time.perf_counter(), children_cpu_s()
+  stopped = False
+  with open(log, "w") as out:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    while proc.poll() is None:
+      time.sleep(2)
+      if stop_at_target and not stopped and first_at_target(read_evals(workdir), target):
+        proc.send_signal(signal.SIGTERM)  # the run saves a checkpoint and stops
+        stopped = True
+  wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+  if proc.returncode and not (stopped and proc.returncode == 128 + signal.SIGTERM):
+    print(log.read_text()[-3000:])
+    raise SystemExit(f"{label}: training failed (exit {proc.returncode}; log {log})")
+  evals = read_evals(workdir)
+  hit = first_at_target(evals, target)
   last = evals[-1] if evals else {}
   return {
       "name": label, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+      "stopped_at_target": stopped,
       "steps": last.get("step"),
       "final_exact_accuracy": last.get("eval/exact_accuracy"),
       "target": target,
@@ -113,10 +130,13 @@ def main():
   parser.add_argument("--only", default="sudoku,maze,arc",
                       help="runs: bare names (their :cpu variant) or name:variant,...")
   parser.add_argument("--workdir_root", default=None)
+  parser.add_argument("--stop_at_target", action="store_true",
+                      help="stop each run (SIGTERM: it saves and exits) at its first "
+                      "evaluation at or above the target: time to accuracy only")
   args = parser.parse_args()
   runs = parse_runs(args.only, experiment_names())
   root = pathlib.Path(args.workdir_root or tempfile.mkdtemp(prefix="hrm_cpu_learning_"))
-  results = [run_one(name, variant, root) for name, variant in runs]
+  results = [run_one(name, variant, root, args.stop_at_target) for name, variant in runs]
   width = max(8, *(len(r["name"]) for r in results))
   fmt = lambda v, f: format(v, f) if v is not None else "-"
   print(f"\n{'config':{width}s} {'wall s':>7s} {'cpu s':>7s} {'steps':>6s} {'exact':>7s} "

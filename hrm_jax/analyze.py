@@ -44,17 +44,16 @@ import functools
 import inspect
 import json
 import os
-import sys
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hrm_jax import data, inference, metrics, models
+from hrm_jax import data, errors, inference, metrics, models
 from hrm_jax import state as state_lib
 from hrm_jax.data import puzzles
 from hrm_jax.models import act
@@ -376,17 +375,14 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  errors.tool_logging("hrm_jax.analyze", argv)
   f = flags.FLAGS
-  if not f["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  if not f.workdir:
-    raise app.UsageError("--workdir is required.")
   try:
+    if not f.workdir:
+      raise errors.UsageError("--workdir is required (a training run's directory).")
     result = analyze(f.workdir, f.compare_untrained, f.num_puzzles, f.out, f.batch_size)
-  except AnalysisError as e:
-    sys.exit(f"hrm_jax.analyze: error: {e}")
+  except (AnalysisError, errors.UsageError) as e:  # one line (the tools' error map)
+    errors.fail("hrm_jax.analyze", e, hint=False, default_code=errors.RUNTIME)
   print(table(result))
   out = f.out or os.path.join(f.workdir, ANALYSIS_DIR)
   print(f"Wrote {os.path.join(out, RESULT_FILE)} and {len(result['figures'])} PNG files.")
