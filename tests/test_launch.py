@@ -323,6 +323,16 @@ def test_compile_check_arc_puzzle_embedding_is_sharded(variant, ids):
   assert out["peak_tflops"] == 197.0
 
 
+@pytest.mark.parametrize("variant,params", [("sudoku.py:trm", 5_028_866),
+                                             ("maze.py:trm", 6_822_914)])
+def test_compile_check_takes_the_trm_paper_configs(variant, params):
+  """TRM through the same builder: the paper's parameter counts (spec 1.7)."""
+  out = _last_json(_script("compile_check.py", f"--config=experiments/{variant}",
+                           "--mesh=data:8", "--compile=false").stdout)
+  assert out["num_params"] == params and out["devices"] == 8
+  assert out["model_flops_per_step"] > 0
+
+
 def test_compile_check_overrides_and_errors():
   out = _last_json(_script("compile_check.py", "--config=experiments/maze.py:cpu",
                            "--mesh=data:-1,fsdp:2", "--num_devices=4",
