@@ -105,6 +105,13 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   # divide the per-device batch. `launch/compile_check.py --device_memory=80GiB`
   # picks one.
   c.grad_accum_steps = 1
+  # When the compiled step does not fit this device's memory (one GPU instead of the
+  # paper's eight, a laptop), raise grad_accum_steps until it does and say so
+  # (`hrm_jax/memory_fit.py`); False runs the step exactly as configured.
+  c.auto_accumulate = True
+  # The variant made for a CPU, named in the line a paper-scale run on a CPU logs
+  # after its first step (with its time to the end); "" in the CPU/smoke variants.
+  c.cpu_variant = f"experiments/{family}.py:cpu"
   c.epochs = 100000  # Reference epochs (one random variant per group each).
   c.total_steps = -1  # > 0 overrides the step count derived from epochs.
 
@@ -181,6 +188,7 @@ def trm_paper_settings(c: ml_collections.ConfigDict, L_cycles: int,
   c.model.mlp_t = mlp_t
   c.model.pos_encodings = "none" if mlp_t else "rope"
   c.ema_rate = 0.999
+  c.cpu_variant = c.cpu_variant.replace(":cpu", ":trm,cpu")
 
 
 def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 2,
@@ -197,6 +205,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 
     c.model.puzzle_emb_len = 1
   c.model.forward_dtype = dtype
   c.mesh = "data:-1,fsdp:1"
+  c.cpu_variant = ""  # made for a CPU already
 
 
 def cpu_recipe(c: ml_collections.ConfigDict, total_steps: int, eval_every: int) -> None:

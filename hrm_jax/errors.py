@@ -97,7 +97,7 @@ def explain(exc: BaseException) -> Failure | None:
   """The message and exit status for `exc`, or None for an unexpected error (a
   bug: the caller shows its traceback)."""
   # Imported here: the tools import this module before anything heavy.
-  from hrm_jax import checkpoint, preemption, workdir  # pylint: disable=import-outside-toplevel
+  from hrm_jax import checkpoint, memory_fit, preemption, workdir  # pylint: disable=import-outside-toplevel
   from hrm_jax.data import errors as data_errors  # pylint: disable=import-outside-toplevel
 
   if isinstance(exc, KeyboardInterrupt):
@@ -114,7 +114,8 @@ def explain(exc: BaseException) -> Failure | None:
     return _os_error(exc)
   text = str(exc)
   if isinstance(exc, (data_errors.DataError, checkpoint.CorruptCheckpointError,
-                      workdir.WorkdirError, FloatingPointError)):
+                      workdir.WorkdirError, memory_fit.DoesNotFitError,
+                      FloatingPointError)):
     return Failure(text, RUNTIME)
   if type(exc).__name__ in ("InferenceError", "SolveError"):  # hrm_jax.inference
     return Failure(text, RUNTIME)

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import signal
 import time
-from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from hrm_jax import checkpoint, cpu_kind, data, metric_writers, metrics, models, preemption
-from hrm_jax import sampling, schedule, sharding, state as state_lib, steps, tree_shapes
-from hrm_jax import workdir as workdir_lib
+from hrm_jax import checkpoint, cpu_kind, data, evaluation, memory_fit, metric_writers, metrics
+from hrm_jax import models, preemption, sampling, schedule, sharding, state as state_lib, steps
+from hrm_jax import tree_shapes, workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -48,51 +46,6 @@ class TrainResult:
   eval_metrics: dict[str, float]
   step: int
   stop_signal: int | None = None
-
-
-def load_evaluator(eval_cfg, split, workdir):
-  """Evaluators are plug-ins: hrm_jax.evaluators.<type>.Evaluator."""
-  try:
-    module = importlib.import_module(f"hrm_jax.evaluators.{eval_cfg.type}")
-  except ModuleNotFoundError as e:
-    raise ValueError(f"config.eval.type={eval_cfg.type!r} has no module "
-                     f"hrm_jax.evaluators.{eval_cfg.type}.") from e
-  return module.Evaluator(split=split, eval_cfg=eval_cfg, workdir=workdir)
-
-
-def evaluate(weights, split, eval_fn, evaluator, config, mesh) -> dict[str, float]:
-  """Runs the evaluator over the test split (or its first max_batches).
-
-  Batch i's sampling noise comes from `config.eval.sample_seed` folded with i (the
-  same on every process). When the evaluator needs rows and the evaluation checks
-  answers (`sampling.uses_checker`), the family's rule check of every candidate
-  is added to them as `sample_accepted` [B, K] (host-side, numpy).
-  """
-  evaluator.reset()
-  eval_cfg = config.eval
-  check = data.family(config.data.family).check_answer
-  run_checker = check is not None and sampling.uses_checker(
-      eval_cfg.get("num_samples", 1), eval_cfg.get("select", "q_halt"))
-  sample_key = jax.random.key(eval_cfg.get("sample_seed", 0))
-  batches: Iterator = data.eval_batches(split, config.eval.batch_size,
-                                        jax.process_index(), jax.process_count())
-  for i, host_batch in enumerate(batches):
-    if 0 <= config.eval.max_batches <= i:
-      break
-    example_index = host_batch.pop("example_index")
-    metric_sums, row_outputs = eval_fn(weights, sharding.global_batch(host_batch, mesh),
-                                       jax.random.fold_in(sample_key, i))
-    rows = None
-    if evaluator.needs_rows:
-      rows = sharding.to_host(row_outputs)
-      rows["example_index"] = np.asarray(sharding.to_host(example_index))
-      for key in ("puzzle_identifiers", "inputs", "labels"):
-        rows[key] = np.asarray(sharding.to_host(host_batch[key]))
-      if run_checker:
-        rows["sample_accepted"] = sampling.accepted(
-            check, rows["inputs"], sampling.candidates(rows)[0])
-    evaluator.add(jax.device_get(metric_sums), rows)
-  return evaluator.result()
 
 
 def _host_array(sharding_, value: np.ndarray) -> jax.Array:
@@ -134,6 +87,31 @@ def init_from(source: str, program: steps.TrainProgram,
       params=params, buffers=buffers,
       puzzle_emb=_host_array(sh.puzzle_emb, np.ascontiguousarray(table)),
       ema=None if state.ema is None else jax.tree.map(lambda p: p.copy(), params))
+
+
+def _compiled_program(config, model_cfg, plan, mesh, loop_rng):
+  """The train program, its step compiled ahead of time (the loop's first call reuses
+  the executable) and, unless `config.auto_accumulate` is off, with as many
+  micro-batches as this device's memory needs (`memory_fit`)."""
+  build = lambda k: steps.build_train_step(model_cfg, config.opt, plan.schedule_steps,
+                                           config.batch_size, mesh, ema_rate=config.ema_rate,
+                                           grad_accum_steps=k)
+  lower_args = lambda program: (*program.abstract_args()[:3], loop_rng)
+  budget, where = (None, "")
+  if config.auto_accumulate:
+    budget, where = memory_fit.available_bytes()
+    budget = memory_fit.agreed_budget(budget)
+  logging.info("Compiling the train step (tens of seconds for a small model on a CPU, "
+               "minutes for the paper's).")
+  t0 = time.perf_counter()
+  program, _, peak = memory_fit.fit(build, lower_args, config.grad_accum_steps,
+                                    config.batch_size // mesh.devices.size, budget, where)
+  logging.info("Compiled the train step in %.1f s%s.", time.perf_counter() - t0,
+               f" (XLA's peak per device: {peak / (1 << 30):.2f} GiB)" if peak else "")
+  if program.grad_accum_steps != config.grad_accum_steps:
+    with config.unlocked():
+      config.grad_accum_steps = program.grad_accum_steps
+  return program
 
 
 class _NonFinite(FloatingPointError):
@@ -190,19 +168,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       logging.info(message)
       config.model.forward_dtype = dtype
   model_cfg = models.make_config(config.model, metadata)
-  program = steps.build_train_step(model_cfg, config.opt, plan.schedule_steps,
-                                   config.batch_size, mesh,
-                                   ema_rate=config.get("ema_rate", 0.0),
-                                   grad_accum_steps=config.get("grad_accum_steps", 1))
   init_rng, loop_rng = jax.random.split(jax.random.key(config.seed))
+  program = _compiled_program(config, model_cfg, plan, mesh, loop_rng)
   state = program.init_state(init_rng)
   carry = program.init_carry()
 
   # ---- Restore (the order is the module docstring's).
   workdir.mkdir(parents=True, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt.every_steps,
-                                 max_to_keep=config.ckpt.max_to_keep,
-                                 async_save=config.ckpt.async_save)
+  try:
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt.every_steps,
+                                   max_to_keep=config.ckpt.max_to_keep,
+                                   async_save=config.ckpt.async_save)
+  except (OSError, ValueError):
+    raise
+  except Exception as e:  # orbax's own types: one line, naming the directory
+    raise workdir_lib.WorkdirError(
+        f"Orbax could not open {workdir / checkpoint.CHECKPOINT_DIR}: {type(e).__name__}: "
+        f"{(str(e).strip().splitlines() or [''])[0][:300]}. Check that the workdir is a "
+        "directory this process can write (gs:// needs GCS credentials).") from e
   try:
     restored = ckpt.restore_latest(program.abstract_state, program.abstract_carry)
     if restored is not None:
@@ -234,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                   num_samples=config.eval.get("num_samples", 1),
                                   latent_noise=config.eval.get("latent_noise", 0.0),
                                   select=config.eval.get("select", "q_halt"))
-  evaluator = load_evaluator(config.eval, test_split, workdir)
+  evaluator = evaluation.load_evaluator(config.eval, test_split, workdir)
 
   writer = metric_writers.writers_for_process(workdir, jax.process_index())
   progress = metric_writers.ProgressReporter(total_steps, config.batch_size,
@@ -268,23 +251,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       sums.add(host)
       pending = None
 
+  def evaluate_step(at: int) -> str | None:
+    """Evaluates the state of step `at` (already saved); the stop reason if a stop
+    signal cut the evaluation short, else None."""
+    nonlocal last_eval, last_eval_step
+    if jax.process_count() == 1:
+      should_stop = stop_flag
+    else:  # the step the processes agree to save at comes after this one
+      should_stop = lambda: ckpt.reached_preemption(at + 1)
+    try:
+      result = evaluation.evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
+                                   config, mesh, should_stop=should_stop,
+                                   label=f"eval of step {at}")
+    except evaluation.EvaluationCut as cut:
+      why = _stop_reason(stop_flag, at, config, ckpt) or "preemption notice"
+      return (f"{why}; its evaluation was cut short after {cut.done}/{cut.total} "
+              "batches and runs again on resume")
+    last_eval, last_eval_step = result, at
+    scalars = {f"eval/{k}": v for k, v in result.items()}
+    # Seconds since this process started the run: time-to-accuracy benchmarks.
+    scalars["eval/elapsed_s"] = time.perf_counter() - run_start
+    writer.write_scalars(at, scalars)
+    writer.flush()
+    logging.info("eval at step %d (%.1fs): %s", at, result["seconds"],
+                 metric_writers.format_scalars(at, result))
+    return None
+
   stop = None
-  compiled = False
+  say_cpu_time = bool(config.cpu_variant) and _on_cpu()  # after the first step
   try:
-    while step < total_steps:
+    if restored is not None and evaluation.pending_step(workdir, step, eval_steps):
+      logging.info("The evaluation of step %d did not finish before the run stopped; "
+                   "running it before training goes on.", step)
+      stop = evaluate_step(step)
+    while stop is None and step < total_steps:
       host_batch = next(sampler)
-      if not compiled:
-        logging.info("Compiling the train step; the first step waits for it (tens of "
-                     "seconds for a small model on a CPU, minutes for the paper's).")
-        t0 = time.perf_counter()
+      first_step_start = time.perf_counter()
       state, carry, step_metrics = program.step(
           state, carry, sharding.global_batch(host_batch, mesh), loop_rng)
-      if not compiled:  # jit compiles synchronously inside the first call
-        logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
-        compiled = True
       step += 1
       absorb()
       pending = (step, step_metrics)
+      if say_cpu_time:
+        jax.block_until_ready(step_metrics)
+        _paper_scale_on_cpu(config, time.perf_counter() - first_step_start,
+                            total_steps - step)
+        say_cpu_time = False
 
       is_last = step == total_steps
       if step % config.log_every_steps == 0 or is_last:
@@ -303,28 +315,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         profiler.after_log(step)
       profiler.after_step(step, state)
 
-      if step in eval_steps:
-        t0 = time.perf_counter()
-        last_eval = evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
-                             config, mesh)
-        scalars = {f"eval/{k}": v for k, v in last_eval.items()}
-        # Seconds since this process started the run: time-to-accuracy benchmarks.
-        scalars["eval/elapsed_s"] = time.perf_counter() - run_start
-        writer.write_scalars(step, scalars)
-        writer.flush()
-        logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
-                     metric_writers.format_scalars(step, last_eval))
-        last_eval_step = step
-
+      # An evaluation step is saved first: a stop during its evaluation then leaves
+      # at once, and the resumed run evaluates that very state.
+      evaluating = step in eval_steps
       stop = _stop_reason(stop_flag, step, config, ckpt)
-      if ckpt.due(step) or stop or is_last:
+      if ckpt.due(step) or stop or is_last or evaluating:
         absorb()  # never save a state whose loss we have not checked
         ckpt.save(step, state, carry, sampler.get_state(), config,
-                  force=bool(stop) or is_last)
-      if stop:
-        logging.warning("Stopping at step %d (%s): checkpoint saved; rerun the same "
-                        "command to resume.", step, stop)
-        break
+                  force=bool(stop) or is_last or evaluating)
+      if evaluating and not stop:
+        stop = evaluate_step(step)
+    if stop:
+      logging.warning("Stopping at step %d (%s): checkpoint saved; rerun the same "
+                      "command to resume.", step, stop)
   finally:
     profiler.close()
     ckpt.close()
@@ -397,6 +400,21 @@ class _Profiler:
     if self._until is not None:
       jax.profiler.stop_trace()
       self._until = None  # one trace a run
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+def _paper_scale_on_cpu(config, first_step_s: float, steps_left: int) -> None:
+  """The one line a paper-scale config on a CPU gets: its time to the end at the
+  first step's rate, and the variant made for a CPU (the run goes on)."""
+  logging.warning(
+      "This is a paper-scale config on a CPU: its first step took %s, so the %d steps "
+      "left would take ~%s (evaluations not counted). --config=%s learns in minutes on "
+      "a CPU; this run goes on (Ctrl-C saves and stops it).",
+      metric_writers.format_duration(first_step_s), steps_left,
+      metric_writers.format_duration(first_step_s * steps_left), config.cpu_variant)
 
 
 def _stop_reason(stop_flag, step: int, config, ckpt) -> str | None:

