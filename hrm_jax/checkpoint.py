@@ -45,7 +45,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hrm_jax import tree_shapes
+from hrm_jax import errors, tree_shapes
 from orbax.checkpoint import checkpoint_managers as save_decision_lib
 
 PyTree = Any
@@ -303,8 +303,8 @@ class Checkpointer:
         logging.warning(
             "Checkpoint of step %d in %s is unreadable (%s: %s); falling "
             "back to the previous checkpoint.", step, self._directory,
-            type(e).__name__, _first_line(e))
-        failures.append(f"step {step}: {type(e).__name__}: {_first_line(e)}")
+            type(e).__name__, errors.first_line(e))
+        failures.append(f"step {step}: {type(e).__name__}: {errors.first_line(e)}")
         unreadable.append(step)
         continue
       for bad in unreadable:
@@ -403,7 +403,7 @@ class Checkpointer:
                "backup")
         raise CorruptCheckpointError(
             f"The checkpoint of step {step} in {self._directory} is unreadable "
-            f"({type(e).__name__}: {_first_line(e)}); not falling back to an older "
+            f"({type(e).__name__}: {errors.first_line(e)}); not falling back to an older "
             f"step silently: {fix}.") from None
     logging.info("Loaded the weights of step %d from %s.", step, self._directory)
     return step, dict(restored[_STATE])
@@ -436,10 +436,3 @@ class Checkpointer:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-  """The first line of an error message, cut: tensorstore's run to pages."""
-  text = str(exc).strip().splitlines()
-  line = text[0] if text else ""
-  return line if len(line) <= limit else line[:limit] + "..."

@@ -43,6 +43,13 @@ class UsageError(ValueError):
   """A command line that cannot work as typed; the message names the fix."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+  """The first line of an error message, cut: tensorstore's and TFDS's run to pages."""
+  text = str(exc).strip().splitlines()
+  line = text[0] if text else ""
+  return line if len(line) <= limit else line[:limit] + "..."
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
   message: str

@@ -26,9 +26,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hrm_jax import checkpoint, cpu_kind, data, evaluation, memory_fit, metric_writers, metrics
-from hrm_jax import models, preemption, sampling, schedule, sharding, state as state_lib, steps
-from hrm_jax import tree_shapes, workdir as workdir_lib
+from hrm_jax import checkpoint, cpu_kind, data, errors, evaluation, memory_fit, metric_writers
+from hrm_jax import metrics, models, preemption, sampling, schedule, sharding, steps
+from hrm_jax import state as state_lib, tree_shapes, workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -184,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   except Exception as e:  # orbax's own types: one line, naming the directory
     raise workdir_lib.WorkdirError(
         f"Orbax could not open {workdir / checkpoint.CHECKPOINT_DIR}: {type(e).__name__}: "
-        f"{(str(e).strip().splitlines() or [''])[0][:300]}. Check that the workdir is a "
+        f"{errors.first_line(e)}. Check that the workdir is a "
         "directory this process can write (gs:// needs GCS credentials).") from e
   try:
     restored = ckpt.restore_latest(program.abstract_state, program.abstract_carry)

@@ -135,7 +135,8 @@ def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
 # other difference is listed when a resume fails. (eval.every_steps and
 # total_steps can matter too: they set the sampler's iteration length.)
 _IRRELEVANT_TO_RESUME = ("init_from", "profile_steps", "log_every_steps", "data.data_dir",
-                         "data.num_workers")
+                         "data.num_workers", "grad_accum_steps", "auto_accumulate",
+                         "cpu_variant")
 
 
 def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:

@@ -127,3 +127,26 @@ def test_every_variant_trains_its_first_step(name, variant, runs):
   assert said == bool(config.cpu_variant), log[-3000:]
   if said:
     assert f"--config={config.cpu_variant}" in log
+
+
+def test_a_tfds_error_at_setup_is_one_line_naming_the_dataset_and_directory(tmp_path,
+                                                                           monkeypatch):
+  from hrm_jax import errors  # pylint: disable=import-outside-toplevel
+  from hrm_jax.data import loader  # pylint: disable=import-outside-toplevel
+  cfg = data_config.default_config("maze")
+  cfg.data_dir = str(tmp_path)
+
+  def refused(data_cfg):
+    del data_cfg
+    raise ValueError("Cannot name a custom BuilderConfig the same as an available "
+                     "BuilderConfig. Change the name.\nRequested: ...")
+
+  monkeypatch.setattr(builders, "builder_for", refused)
+  with pytest.raises(Exception) as e:
+    loader.load(cfg, "train")
+  failure = errors.explain(e.value)
+  assert failure is not None and failure.exit_code == errors.RUNTIME
+  assert len(failure.message.splitlines()) == 1
+  for words in ("hrm_maze", str(tmp_path), "Cannot name a custom BuilderConfig",
+                "config.data.data_dir"):
+    assert words in failure.message, failure.message

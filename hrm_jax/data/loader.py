@@ -15,6 +15,8 @@ from typing import Iterator
 
 from etils import epath
 
+from hrm_jax import errors
+
 from hrm_jax.data import builders
 from hrm_jax.data import families
 from hrm_jax.data import npy_format
@@ -94,12 +96,12 @@ def _tfds_errors(data_cfg, builder=None, doing: str = "open") -> Iterator[None]:
     name = (f"{builder.name}/{builder.builder_config.name}" if builder is not None
             else f"hrm_{data_cfg.family}")
     where = builder.data_dir if builder is not None else data_cfg.data_dir
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise DataError(
         f"TFDS could not {doing} the dataset {name} "
-        f"in {where}: {type(e).__name__}: {first}. If that directory holds a damaged "
-        f"or foreign build, delete it (or set another config.data.data_dir) and rerun; "
-        "otherwise this is a bug: rerun with HRM_JAX_TRACEBACK=1 and report it.") from e
+        f"in {where}: {type(e).__name__}: {errors.first_line(e)}. If that directory "
+        "holds a damaged or foreign build, delete it (or set another "
+        "config.data.data_dir) and rerun; otherwise this is a bug: rerun with "
+        "HRM_JAX_TRACEBACK=1 and report it.") from e
 
 
 def _progress_bars_only_on_a_terminal() -> None:
