@@ -255,10 +255,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """Evaluates the state of step `at` (already saved); the stop reason if a stop
     signal cut the evaluation short, else None."""
     nonlocal last_eval, last_eval_step
-    if jax.process_count() == 1:
-      should_stop = stop_flag
-    else:  # the step the processes agree to save at comes after this one
-      should_stop = lambda: ckpt.reached_preemption(at + 1)
+    # Several processes: JAX's preemption protocol counts train steps, so a notice is
+    # acted on at the next step; the checkpoint of this one exists already, and a
+    # kill during the evaluation loses nothing (it is owed on resume).
+    should_stop = stop_flag if jax.process_count() == 1 else (lambda: False)
     try:
       result = evaluation.evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
                                    config, mesh, should_stop=should_stop,
