@@ -66,7 +66,7 @@ def _agreed(flag: bool) -> bool:
 
 
 def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
-             should_stop: Callable[[], bool] = lambda: False,
+             should_stop: Callable[[], bool] | None = None,
              label: str = "") -> dict[str, float]:
   """Runs the evaluator over the test split (or its first max_batches).
 
@@ -78,7 +78,7 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
 
   Raises:
     EvaluationCut: `should_stop()` turned true (polled before each batch, agreed
-      over processes).
+      over processes; None: never polled).
   """
   start = time.perf_counter()
   evaluator.reset()
@@ -95,7 +95,7 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
   for i, host_batch in enumerate(batches):
     if i >= total:
       break
-    if _agreed(should_stop()):
+    if should_stop is not None and _agreed(should_stop()):
       raise EvaluationCut(i, total)
     example_index = host_batch.pop("example_index")
     metric_sums, row_outputs = eval_fn(weights, sharding.global_batch(host_batch, mesh),

@@ -258,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # Several processes: JAX's preemption protocol counts train steps, so a notice is
     # acted on at the next step; the checkpoint of this one exists already, and a
     # kill during the evaluation loses nothing (it is owed on resume).
-    should_stop = stop_flag if jax.process_count() == 1 else (lambda: False)
+    should_stop = stop_flag if jax.process_count() == 1 else None
     try:
       result = evaluation.evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
                                    config, mesh, should_stop=should_stop,
