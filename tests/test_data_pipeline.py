@@ -455,3 +455,17 @@ def test_hf_source_without_huggingface_hub_is_a_clear_error(tmp_path,
   cfg.update(data_dir=str(tmp_path), source="hf:sapientinc/sudoku-extreme")
   with pytest.raises(data.DataError, match="needs huggingface_hub"):
     data.load(cfg, "train")
+
+
+def test_a_build_past_the_shufflers_memory_buffer_needs_no_tensorflow(tmp_path, monkeypatch):
+  """Builds over `tfds.core.shuffle.MAX_MEM_BUFFER_SIZE` (1 GB: the paper ARC set)
+  spill to bucket files through `tf.io.gfile`; without TensorFlow the builders give
+  the shuffler epath's file calls. Forced here with a 0-byte buffer: the same
+  arrays as an in-memory build, and the temporary buckets gone."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=import-outside-toplevel
+  in_memory = data.load(_sudoku_cfg(tmp_path / "memory"), "train")
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)
+  spilled_dir = tmp_path / "spilled"
+  spilled = data.load(_sudoku_cfg(spilled_dir), "train")
+  _assert_splits_equal(in_memory, spilled)
+  assert not list(spilled_dir.rglob("bucket_*.tmp"))

@@ -21,10 +21,13 @@ TensorFlow, and array_record is the only format readable without it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from hrm_jax.data import config as config_lib
 from hrm_jax.data import families
@@ -134,6 +137,46 @@ class _FamilyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Lets readers preallocate (DatasetInfo is written after generation).
     self.info.metadata[f"{split}_num_examples"] = examples
     self.info.metadata[f"{split}_num_puzzles"] = puzzles_seen
+
+
+class _GFileOnEpath:
+  """The four `tf.io.gfile` calls TFDS's shuffler makes, on etils.epath.
+
+  A build whose records pass `tfds.core.shuffle.MAX_MEM_BUFFER_SIZE` (1 GB: the
+  paper ARC set, ~4M rows of 900 cells) spills to temporary bucket files through
+  `tf.io.gfile`, which imports TensorFlow: without it the build died after
+  minutes of augmentation ("No module named 'tensorflow'"). We do not install
+  TensorFlow (a GB, for four file calls): the shuffler gets these instead.
+  """
+
+  @staticmethod
+  def GFile(path, mode="rb"):  # pylint: disable=invalid-name
+    return epath.Path(path).open(mode)
+
+  @staticmethod
+  def exists(path) -> bool:
+    return epath.Path(path).exists()
+
+  @staticmethod
+  def remove(path) -> None:
+    epath.Path(path).unlink()
+
+
+class _TensorFlowForTheShuffler:
+  """What `tfds.core.shuffle` reads of its lazily imported `tf` module."""
+  io = type("io", (), {"gfile": _GFileOnEpath})
+  errors = type("errors", (), {"ResourceExhaustedError": type(
+      "ResourceExhaustedError", (Exception,), {"message": ""})})
+
+
+def _shuffler_without_tensorflow() -> None:
+  """Points the shuffler's `tf` at `_TensorFlowForTheShuffler` unless TensorFlow
+  is installed (then TFDS uses it as it always does)."""
+  if importlib.util.find_spec("tensorflow") is None:
+    tfds_shuffle.tf = _TensorFlowForTheShuffler
+
+
+_shuffler_without_tensorflow()
 
 
 def _family_builder(family: str) -> type:
