@@ -14,6 +14,8 @@ Blocks mix tokens with self-attention (HRM, TRM-Att) or, with `mlp_t=True`
 fixed number of positions.
 """
 # pylint: disable=invalid-name
+import contextlib
+import contextvars
 import math
 from typing import Callable
 
@@ -221,16 +223,38 @@ class Attention(nn.Module):
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
-def resolve_attention_impl(impl: str, dtype) -> str:
-  """"auto" -> cuDNN flash attention on GPUs for 16-bit activations, else "xla"."""
+# The platform attention resolves for while tracing (`attention_platform`); None:
+# the backend the program runs on.
+_ATTENTION_PLATFORM = contextvars.ContextVar("attention_platform", default=None)
+
+
+@contextlib.contextmanager
+def attention_platform(platform: str | None):
+  """Inside the block, "auto" attention resolves for `platform` ("gpu", "tpu",
+  "cpu") instead of `jax.default_backend()`: the AOT compile check traces on a
+  CPU a program that XLA's GPU or TPU compiler compiles."""
+  token = _ATTENTION_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _ATTENTION_PLATFORM.reset(token)
+
+
+def resolve_attention_impl(impl: str, dtype, platform: str | None = None) -> str:
+  """"auto" -> cuDNN flash attention on GPUs for 16-bit activations, else "xla".
+
+  `platform`: the platform the program is compiled for; default the one set by
+  `attention_platform`, else `jax.default_backend()`.
+  """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={impl!r}: use one of {ATTENTION_IMPLS}.")
+  platform = platform or _ATTENTION_PLATFORM.get() or jax.default_backend()
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  on_gpu = jax.default_backend() == "gpu"
+  on_gpu = platform in ("gpu", "cuda")
   if impl == "cudnn" and not (half and on_gpu):
     raise ValueError(
-        f"attention_impl='cudnn' needs a GPU and bfloat16/float16 activations (backend "
-        f"{jax.default_backend()!r}, forward_dtype {jnp.dtype(dtype).name}); use "
+        f"attention_impl='cudnn' needs a GPU and bfloat16/float16 activations (platform "
+        f"{platform!r}, forward_dtype {jnp.dtype(dtype).name}); use "
         "attention_impl='auto' (picks cuDNN where it applies) or 'xla'.")
   if impl != "auto":
     return impl
