@@ -427,9 +427,10 @@ def main(argv):
     result.update({"peak_bytes": peak_bytes, "fits": fits, "device_memory_bytes": memory,
                    "usable_fraction": usable,
                    "budget_bytes": int(memory * usable) if memory else None,
-                   "attention": layers.resolve_attention_impl(
-                       getattr(model_cfg, "attention_impl", "xla"), model_cfg.forward_dtype,
-                       target.attention_platform if target else None),
+                   "attention": "none (mlp_t)" if getattr(model_cfg, "mlp_t", False)
+                                else layers.resolve_attention_impl(
+                                    model_cfg.attention_impl, model_cfg.forward_dtype,
+                                    target.attention_platform if target else None),
                    "cudnn_fmha_calls": own.get("cudnn_fmha_calls")})
     if memory is not None:
       print(f"Peak per device {peak_bytes / GiB:.2f} GiB (arguments + outputs - aliased + "
