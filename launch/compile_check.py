@@ -15,10 +15,7 @@ Two modes:
   python launch/compile_check.py --config=experiments/sudoku.py --target=h100 \
       --mesh=data:8 --search     # 8 GPUs; smallest k / remat that fits
 
-Fake CPU devices (answers "does it partition, what does each chip hold?"):
-
-  python launch/compile_check.py --config=experiments/arc.py --mesh=data:32,fsdp:8 \
-      --peak_tflops=v5e --mfu=0.4
+Fake CPU devices (does it partition, what does each chip hold?): --mesh=data:32,fsdp:8.
 
 How: the device count becomes `jax_num_cpu_devices` (or the target's devices)
 before JAX starts (so the script runs as its own process); the model is built
@@ -129,6 +126,8 @@ _USABLE = flags.DEFINE_float(
 _REMAT_OPTIONS = flags.DEFINE_list(
     "remat_options", ["none", "dots", "blocks"],
     "config.model.remat settings --device_memory tries, least recompute first.")
+_MIN_K = flags.DEFINE_integer("min_k", 1, "The search tries k >= this only (saves "
+                              "compiles where small k cannot fit).")
 _COMPARE_K = flags.DEFINE_bool(
     "compare_k", True, "With config.grad_accum_steps = k > 1, also compile the powers "
     "of two below k (temporaries per k).")
@@ -235,7 +234,7 @@ def accumulation_report(model_cfg, config, mesh, total_steps: int, accum: int,
       raise app.UsageError(f"--remat_options: {unknown} unknown; use "
                            f"{sorted(layers.REMAT_POLICIES)}.")
     for remat_setting in _REMAT_OPTIONS.value or [remat]:
-      for k in accum_candidates(per_device):
+      for k in [k for k in accum_candidates(per_device) if k >= _MIN_K.value]:
         if peak_estimate(compiled_for(k, remat_setting)["xla"]) <= budget:
           break  # larger k only need less
   sweep = [{"grad_accum_steps": k, "remat": r,
