@@ -129,14 +129,23 @@ def run_row(row: dict, python: str, timeout: int) -> dict:
   return record
 
 
+def first_fits(record: dict) -> str:
+  """'none k=64 (10.0), blocks k=16 (7.6)': each remat's smallest k that fits (a search)."""
+  budget, best = record.get("budget_bytes"), {}
+  for k, remat, peak in record.get("sweep", []) if "pick" in record else []:
+    if budget and peak <= budget and (remat not in best or k < best[remat][0]):
+      best[remat] = (k, peak)
+  return ", ".join(f"{r} k={k} ({p / GiB:.1f})" for r, (k, p) in best.items())
+
+
 def table(records: list[dict]) -> str:
   lines = ["| row | model | task | hardware | rows/device | k | remat | attention | "
-           "peak GiB/device | memory GiB x usable | fits |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "peak GiB/device | memory GiB x usable | fits | smallest k per remat |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in records:
     if "error" in r:
       lines.append(f"| {r['row']} | {r['model']} | {r['task']} | {r['hardware']} | "
-                   f"| | | | error: {r['error'][:80]} | | |")
+                   f"| | | | error: {r['error'][:80]} | | | |")
       continue
     peak = r.get("peak_bytes")
     memory = r.get("device_memory_bytes") or 0
@@ -149,7 +158,7 @@ def table(records: list[dict]) -> str:
         f"| {r['row']} | {r['model']} | {r['task']} | {r['hardware']} | "
         f"{r.get('batch_per_device')} | {r.get('grad_accum_steps')} | {r.get('remat')} | "
         f"{'none (mlp_t)' if r['model'] == 'TRM-MLP' else r.get('attention')} | {peak / GiB:.1f} | {memory / GiB:.1f} x "
-        f"{budget / memory if memory else 0:.2f} | {fits} |")
+        f"{budget / memory if memory else 0:.2f} | {fits} | {first_fits(r)} |")
   return "\n".join(lines)
 
 

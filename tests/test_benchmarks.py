@@ -72,6 +72,6 @@ def test_paper_memory_plan_and_resume(tmp_path):
           "--rows=paper/hrm-maze")
   out, first = run_script(*args)
   assert first["ran_now"] == 1 and first["fits"] == {"paper/hrm-maze": True}
-  assert "| paper/hrm-maze | HRM | Maze | 8 x h100 | 96 | 1 | none | cudnn | 20.0 |" in out
+  assert "| paper/hrm-maze | HRM | Maze | 8 x h100 | 96 | 1 | none | cudnn | 20.0 | 79.6 x 0.75 | yes |" in out
   _, again = run_script(*args)
   assert again["ran_now"] == 0 and again["rows_in_out"] == 1
