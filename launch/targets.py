@@ -178,6 +178,9 @@ def prepare_environment(target: Target) -> None:
     os.environ["XLA_FLAGS"] = flags
   else:  # libtpu looks for the VM's metadata server otherwise (and warns)
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # No chips to share: let two compiles run at once (else the second fails on
+    # libtpu's /tmp/libtpu_lockfile).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def gpu_target_config(gpu: Gpu) -> str:
