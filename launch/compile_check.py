@@ -111,7 +111,7 @@ _TOTAL_STEPS = flags.DEFINE_integer(
     "total_steps", 100_000, "LR-schedule length when config.total_steps <= 0 "
     "(only constants in the step change).")
 _PEAK = flags.DEFINE_string(
-    "peak_tflops", "h100", "(With --target: the target's own unless given.) " "Peak dense TFLOP/s per device: a number or one of "
+    "peak_tflops", "h100", "Peak dense TFLOP/s per device (--target: its own unless given): a number or one of "
     "h100 (bf16, 990), h200 (990), a100 (312), v4 (275), v5e (197), v5p (459).")
 _MFU = flags.DEFINE_float("mfu", 0.3, "Assumed model-FLOP utilisation for the estimate.")
 _COMPILE = flags.DEFINE_bool(

@@ -1,7 +1,7 @@
 """XLA's figures of a compiled step: memory per device, FLOPs, byte sizes.
 
-Shared by `compile_check.py` (any compiler: XLA:CPU, or the GPU/TPU compilers
-of `launch/targets.py`) and `benchmarks/paper_memory.py`.
+Used by `compile_check.py` for any compiler: XLA:CPU, or the GPU/TPU compilers
+of `launch/targets.py`.
 """
 import math
 import re
