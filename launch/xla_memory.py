@@ -77,3 +77,16 @@ def accum_candidates(per_device_batch: int) -> list[int]:
       ks.append(k)
     k *= 2
   return ks
+
+
+def compile_oom_stats(error: Exception) -> dict | None:
+  """The memory figures of a compile the TPU compiler refused ("RESOURCE_EXHAUSTED:
+  Ran out of memory on HBM, the total memory required for HLO temporaries (27.37G)
+  exceeds available HBM (15.75G)"): the temporaries it needed as `temp_bytes` (the
+  peak is at least that), or None for any other error."""
+  match = re.search(r"RESOURCE_EXHAUSTED.*?\(([0-9.]+)([KMGT])\) exceeds", str(error))
+  if not match:
+    return None
+  scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2)]
+  return {"argument_bytes": 0, "output_bytes": 0, "alias_bytes": 0,
+          "temp_bytes": int(float(match.group(1)) * scale), "generated_code_bytes": 0}

@@ -156,3 +156,14 @@ def test_tpu_compiler_compiles_the_step_for_a_v5e_slice():
   assert out["fits"] is True and out["peak_bytes"] > 0
   bad = _compile_check(*_BF16_SMOKE, "--target=tpu:v5e:2x2", "--mesh=data:8")
   assert bad.returncode != 0 and "4 are present" in bad.stderr
+
+
+def test_a_compile_the_tpu_compiler_refuses_is_read_as_does_not_fit():
+  from launch import xla_memory  # pylint: disable=import-outside-toplevel
+  error = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+                       "required for HLO temporaries (27.37G) exceeds available HBM "
+                       "(15.75G).")
+  stats = xla_memory.compile_oom_stats(error)
+  assert stats["temp_bytes"] == int(27.37 * 2 ** 30)
+  assert xla_memory.peak_estimate(stats) == stats["temp_bytes"]
+  assert xla_memory.compile_oom_stats(RuntimeError("INVALID_ARGUMENT: bad shape")) is None
