@@ -31,7 +31,9 @@ after 2000 steps (10 minutes, data and compilation included), 99% at 3000 (15 mi
 TRM (arXiv 2510.04871):
   :trm      TRM-Att on Maze-Hard (n = 4, EMA 0.999, 50k epochs, eval every 5k: 65,104
             steps; 4 L40S, < 24 h in the paper). Expected ~0.85 (paper 85.3%;
-            6,822,914 params).
+            6,822,914 params). On the paper's 4 L40S add --config.grad_accum_steps=2:
+            XLA's GPU compiler puts 192 rows per GPU at 39.4 GiB (k = 1) / 18.8 GiB
+            (k = 2) against 75% of 45 GiB (BUILD_NOTES "Accelerator compilers on a CPU").
   :trm,cpu  a tiny TRM on the CPU variant's 7x7 mazes (BUILD_NOTES.md).
 """
 from experiments import common
