@@ -8,20 +8,20 @@ Expected: eval/exact_accuracy ~0.745 (paper 74.5%).
 Without the CSV files, `source=generate` builds Maze-Hard-like mazes locally.
 
 One GPU (`:1gpu`): the paper's run unchanged (global batch 768, every
-hyperparameter) with the batch run in 16 micro-batches of 48 rows inside each
+hyperparameter) with the batch run in 4 micro-batches of 192 rows inside each
 step (gradient accumulation: one update per 768 rows, the same numbers):
   python -m hrm_jax.main --config=experiments/maze.py:1gpu --workdir=/tmp/hrm_maze_1gpu \
     --config.data.source=csv:/path/to/maze-30x30-hard-1k
-How k = 16 was chosen (BUILD_NOTES.md, "One GPU at paper batch"):
-`python launch/compile_check.py --config=experiments/maze.py --mesh=data:1
---device_memory=80GiB` estimates the step's per-device peak from the CPU
-compiler (dense attention, memory-minimising schedule): 472 GiB at k=1,
-240 / 122 / 64 / 34 GiB at k = 2 / 4 / 8 / 16. k = 16 is the smallest power of
-two under 75% of 80 GiB (JAX's default GPU preallocation) with a wide margin
-(34 of 60 GiB) and needs no rematerialisation. The GPU peak is still to be
-measured (benchmarks/gpu_session.py: maze_1gpu, and maze_1gpu_k8 for the
-next smaller k; cuDNN attention keeps no L x L scores, so k = 8 may fit and
-run faster: then lower it here).
+How k = 4 was chosen (BUILD_NOTES.md, "Accelerator compilers on a CPU"): XLA's
+GPU compiler for an H100 (`python launch/compile_check.py
+--config=experiments/maze.py:1gpu --target=h100 --config.grad_accum_steps=1
+--search --remat_options=none`; bf16, cuDNN flash attention) puts the step's
+peak at 138.6 / 70.2 / 41.5 GiB for k = 1 / 2 / 4: k = 4 is the smallest
+that fits 59.7 GiB (JAX preallocates 75% of the 79.6 GiB), without remat.
+(The CPU compiler's estimate had been 472 / 240 / 122 / 64 / 34 GiB for
+k = 1 ... 16, whence the earlier k = 16.) The measured GPU peak is still open
+(benchmarks/gpu_session.py: maze_1gpu, and maze_1gpu_k2 for the next smaller k,
+which fits an H200's 105 GiB).
 
 CPU (2 cores): small mazes with the same charset and rules:
   python -m hrm_jax.main --config=experiments/maze.py:cpu --workdir=/tmp/hrm_maze_cpu
@@ -31,7 +31,9 @@ after 2000 steps (10 minutes, data and compilation included), 99% at 3000 (15 mi
 TRM (arXiv 2510.04871):
   :trm      TRM-Att on Maze-Hard (n = 4, EMA 0.999, 50k epochs, eval every 5k: 65,104
             steps; 4 L40S, < 24 h in the paper). Expected ~0.85 (paper 85.3%;
-            6,822,914 params).
+            6,822,914 params). On the paper's 4 L40S add --config.grad_accum_steps=2:
+            XLA's GPU compiler puts 192 rows per GPU at 39.4 GiB (k = 1) / 18.8 GiB
+            (k = 2) against 75% of 45 GiB (BUILD_NOTES "Accelerator compilers on a CPU").
   :trm,cpu  a tiny TRM on the CPU variant's 7x7 mazes (BUILD_NOTES.md).
 """
 from experiments import common
@@ -70,8 +72,9 @@ def get_config(arg: str | None = None):
   return c
 
 
-# Micro-batches per step of `:1gpu` (module docstring: how it was chosen).
-ONE_GPU_ACCUM_STEPS = 16
+# Micro-batches per step of `:1gpu`: 41.5 GiB peak on the GPU compiler (H100), the
+# smallest k under 59.7 GiB (module docstring).
+ONE_GPU_ACCUM_STEPS = 4
 
 
 def sweep(add):

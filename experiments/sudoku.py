@@ -15,6 +15,11 @@ TRM (the Tiny Recursive Model, arXiv 2510.04871), same data:
   :trm      TRM-MLP, the paper's best Sudoku model (token-mixing MLP, no positions,
             n = 6, EMA 0.999, 50k epochs, eval every 5k: 65,104 steps at batch 768;
             1 L40S, < 36 h in the paper). Expected ~0.87 (paper 87.4%; 5,028,866 params).
+            One GPU as shipped (batch 768, k = 1, no remat): XLA's GPU compiler puts
+            the step at 32.8 GiB on an H100 and 33.0 GiB on an L40S, under 75% of
+            the 79.6 / 45.0 GiB (`python launch/compile_check.py
+            --config=experiments/sudoku.py:trm --target=l40s`; 94.6 GiB on the H100
+            before the bf16 residuals of BUILD_NOTES "Accelerator compilers on a CPU").
   :trm_att  TRM-Att (self-attention, RoPE): paper 74.7% (6,828,034 params).
   :trm,cpu  a tiny TRM-MLP on the CPU variant's 6x6 boards: 98.8% exact at step 400,
             ~4 min on 2 cores, then 100% at 1600 (BUILD_NOTES.md, "TRM on 2 CPU cores").

@@ -1,21 +1,25 @@
-r"""Compiles the real train step for a big mesh on fake CPU devices: no dataset, no TPU.
+r"""Compiles the real train step for a target: no dataset, no accelerator needed.
 
-Answers "will this config fit and how fast could it go on N chips?" before any
-accelerator time is spent:
+Two modes:
+  --target=NAME   XLA's own GPU or TPU compiler, run on this CPU for compile-only
+                  devices (`launch/targets.py`: h100, h200, a100-80gb, l40s, t4,
+                  tpu:v5e:4x4, tpu:v4-8, ...): the accelerator's memory figures,
+                  its fusions and kernels (cuDNN flash attention on GPUs).
+                  Needs the optional extra (`pip install -e ".[aot-gpu]"` /
+                  `".[aot-tpu]"`); without it this fails in one line naming it.
+  (no --target)   fake CPU devices: SPMD partitioning on any mesh, state bytes
+                  per device; memory figures are XLA:CPU's, not a GPU's or TPU's.
 
-  python launch/compile_check.py --config=experiments/arc.py --mesh=data:8
-  python launch/compile_check.py --config=experiments/arc.py --mesh=data:32,fsdp:8 \
-      --peak_tflops=v5e --mfu=0.4
-  python launch/compile_check.py --config=experiments/sudoku.py --mesh=data:8 \
-      --config.batch_size=384
+  python launch/compile_check.py --config=experiments/maze.py:1gpu --target=h100
+  python launch/compile_check.py --config=experiments/arc.py --target=tpu:v5e:4x4
+  python launch/compile_check.py --config=experiments/maze.py --target=t4 --search
 
-How: the mesh's device count becomes `jax_num_cpu_devices` before JAX starts
-(so the script must run as its own process), the model is built from the
-experiment config plus the dataset's shape (`hrm_jax.data.shape`: computed from
-the data config without building anything; overridable by flags), and the
-train step is the trainer's own (`steps.build_train_step`): its abstract
-arguments (nothing is allocated) are lowered and compiled, which runs XLA's
-SPMD partitioner exactly as on the real machines.
+How: the device count becomes `jax_num_cpu_devices` (or the target's devices)
+before JAX starts (so the script runs as its own process); the model is built
+from the experiment config plus the dataset's shape (`hrm_jax.data.shape`, no
+data built; overridable by flags) and the train step is the trainer's own
+(`steps.build_train_step`): its abstract arguments are lowered and compiled,
+which runs XLA's SPMD partitioner exactly as on the real machines.
 
 Prints per-device bytes of parameters, optimizer state and puzzle embedding
 (from the shardings: leaf bytes / shards), XLA's memory analysis of the CPU
@@ -28,7 +32,8 @@ saved; this script turns it off (`--xla_cpu_enable_concurrency_optimized_
 scheduler=false`, unless XLA_FLAGS already sets it) so that the temporaries
 follow a memory-minimising order, as accelerator schedulers do.
 
-Fitting one device (gradient accumulation, rematerialisation):
+Fitting one device (gradient accumulation, rematerialisation; with --target the
+memory is the target's and the fraction its own: 0.75 on GPUs, 1.0 on TPUs):
 
   python launch/compile_check.py --config=experiments/maze.py --mesh=data:1 \
       --device_memory=80GiB
@@ -41,7 +46,8 @@ the temporaries per k show what accumulation saves. `--device_memory` tries
 k = 1, 2, 4, ... (divisors of the per-device batch) for each remat setting of
 --remat_options, stopping at the first k that fits, says which settings fit
 and picks the smallest k that fits (a tie goes to the setting listed first:
-the least recompute). A setting fits when arguments + outputs - aliased +
+the least recompute); with --target, --search does the same for the target's
+memory. A setting fits when arguments + outputs - aliased +
 temporaries <= device_memory * --usable_fraction (0.75: JAX preallocates 75%
 of a GPU by default, XLA_PYTHON_CLIENT_MEM_FRACTION; the CPU compiler's
 temporaries are an estimate, so keep a margin and measure the peak on the
@@ -54,7 +60,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import sys
 import time
 
@@ -70,18 +75,29 @@ if _SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from hrm_jax import data, models, sharding, steps  # pylint: disable=wrong-import-position
 from hrm_jax.models import layers  # pylint: disable=wrong-import-position
+
+from launch import targets, xla_memory  # pylint: disable=wrong-import-position
+from launch.xla_memory import (accum_candidates, cost_flops, device_bytes,  # pylint: disable=wrong-import-position
+                               peak_estimate, total_bytes)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file, e.g. experiments/arc.py or experiments/arc.py:arc2.",
     lock_config=True)
 _MESH = flags.DEFINE_string(
     "mesh", None, "Mesh to compile for, e.g. data:8 or data:32,fsdp:8 (replaces "
-    "config.mesh). Its product is the number of fake devices.", required=True)
+    "config.mesh). Its product is the number of devices (fake CPU ones, or GPUs of "
+    "--target); required without --target (default there: one GPU, the whole TPU slice).")
+_TARGET = flags.DEFINE_string(
+    "target", None, "Compile with this accelerator's own XLA compiler (compile-only "
+    "devices, no hardware): h100, h200, a100-80gb, l40s, t4 or tpu:<gen>:<chips> "
+    "(tpu:v5e:4x4, tpu:v4-8, tpu:v5p:2x2x1, tpu:v6e:2x2). Needs the aot-gpu/aot-tpu extra.")
+_SEARCH = flags.DEFINE_bool(
+    "search", False, "With --target: search the smallest k / remat that fits the "
+    "target's memory (as --device_memory does).")
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", None, "Device count when --mesh has a -1 axis.")
 _VOCAB = flags.DEFINE_integer("vocab_size", None, "Override the dataset's vocabulary.")
@@ -92,7 +108,7 @@ _TOTAL_STEPS = flags.DEFINE_integer(
     "total_steps", 100_000, "LR-schedule length when config.total_steps <= 0 "
     "(only constants in the step change).")
 _PEAK = flags.DEFINE_string(
-    "peak_tflops", "h100", "Peak dense TFLOP/s per device: a number or one of "
+    "peak_tflops", "h100", "Peak dense TFLOP/s per device (--target: its own unless given): a number or one of "
     "h100 (bf16, 990), h200 (990), a100 (312), v4 (275), v5e (197), v5p (459).")
 _MFU = flags.DEFINE_float("mfu", 0.3, "Assumed model-FLOP utilisation for the estimate.")
 _COMPILE = flags.DEFINE_bool(
@@ -107,6 +123,8 @@ _USABLE = flags.DEFINE_float(
 _REMAT_OPTIONS = flags.DEFINE_list(
     "remat_options", ["none", "dots", "blocks"],
     "config.model.remat settings --device_memory tries, least recompute first.")
+_MIN_K = flags.DEFINE_integer("min_k", 1, "The search tries k >= this only (saves "
+                              "compiles where small k cannot fit).")
 _COMPARE_K = flags.DEFINE_bool(
     "compare_k", True, "With config.grad_accum_steps = k > 1, also compile the powers "
     "of two below k (temporaries per k).")
@@ -153,40 +171,15 @@ def dataset_shape(config) -> data.DatasetShape:
                               for k, v in overrides.items()})
 
 
-def device_bytes(tree, shardings) -> int:
-  """Bytes one device holds of `tree`: each leaf's shard shape times itemsize."""
-  leaves = jax.tree.leaves(tree)
-  shards = jax.tree.leaves(shardings)
-  return sum(math.prod(s.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
-             for x, s in zip(leaves, shards))
-
-
-def total_bytes(tree) -> int:
-  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree))
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
 def parse_bytes(text: str) -> int:
-  """'80GiB' / '141GB' / '512MiB' / '1e9' -> bytes."""
-  match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
-  if not match or match.group(2).lower() not in _UNITS:
-    raise app.UsageError(f"--device_memory={text!r}: write a size such as 80GiB, 141GB, "
-                         "512MiB or a number of bytes.")
-  return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+  try:
+    return xla_memory.parse_bytes(text)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
-def accum_candidates(per_device_batch: int) -> list[int]:
-  """k = 1, 2, 4, ... that divide the per-device batch (grad_accum_steps must)."""
-  ks, k = [], 1
-  while k <= per_device_batch:
-    if per_device_batch % k == 0:
-      ks.append(k)
-    k *= 2
-  return ks
+# Set by main(): the --target (None: fake CPU devices).
+_COMPILE_TARGET: targets.Target | None = None
 
 
 def compile_step(model_cfg, config, mesh, total_steps: int, grad_accum_steps: int) -> dict:
@@ -194,48 +187,33 @@ def compile_step(model_cfg, config, mesh, total_steps: int, grad_accum_steps: in
   program = steps.build_train_step(model_cfg, config.opt, total_steps, config.batch_size,
                                    mesh, ema_rate=config.get("ema_rate", 0.0),
                                    grad_accum_steps=grad_accum_steps)
+  target = _COMPILE_TARGET
   start = time.perf_counter()
-  lowered = program.step.lower(*program.abstract_args())
+  # Attention resolves for the target (cuDNN on GPUs), not for this CPU.
+  with layers.attention_platform(target.attention_platform if target else None):
+    lowered = program.step.lower(*program.abstract_args())
   lower_s = time.perf_counter() - start
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start - lower_s
-  stats = compiled.memory_analysis()
-  xla = {}
-  if stats is not None:
-    xla = {"argument_bytes": stats.argument_size_in_bytes,
-           "output_bytes": stats.output_size_in_bytes,
-           "alias_bytes": stats.alias_size_in_bytes,
-           "temp_bytes": stats.temp_size_in_bytes,
-           "generated_code_bytes": stats.generated_code_size_in_bytes}
-  return {"lower_seconds": round(lower_s, 2), "compile_seconds": round(compile_s, 2),
-          "xla": xla, "xla_flops": cost_flops(compiled)}
-
-
-def peak_estimate(xla: dict) -> int | None:
-  """Per-device bytes the step needs: live arguments, outputs not aliased to
-  them (donation), temporaries."""
-  if not xla:
-    return None
-  return (xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"]
-          + xla["temp_bytes"])
-
-
-def cost_flops(compiled) -> float | None:
-  """FLOPs XLA reports; cost_analysis() is a dict or a list of dicts by version."""
   try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-exception-caught
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    return None
-  return float(cost["flops"])
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses what cannot fit its HBM
+    if (xla := xla_memory.compile_oom_stats(e)) is None:
+      raise
+    print(f"Compile refused: {str(e).splitlines()[0][:300]}")
+    return {"lower_seconds": round(lower_s, 2), "compile_seconds": None, "xla": xla,
+            "xla_flops": None, "compile_error": str(e).splitlines()[0][:300]}
+  compile_s = time.perf_counter() - start - lower_s
+  out = {"lower_seconds": round(lower_s, 2), "compile_seconds": round(compile_s, 2),
+         "xla": xla_memory.memory_stats(compiled), "xla_flops": cost_flops(compiled)}
+  if target is not None and target.gpu:
+    out["cudnn_fmha_calls"] = compiled.as_text().count("__cudnn$fmha")
+  return out
 
 
 def accumulation_report(model_cfg, config, mesh, total_steps: int, accum: int,
-                        own: dict, num_devices: int) -> dict:
-  """Temporaries per k (--compare_k) and the fit search (--device_memory)."""
+                        own: dict, num_devices: int, memory: int | None,
+                        usable: float, search: bool) -> dict:
+  """Temporaries per k (--compare_k) and the fit search (`search`: the smallest
+  k / remat whose peak is at most `memory` x `usable`)."""
   per_device = config.batch_size // num_devices
   remat = getattr(model_cfg, "remat", None)
   compiled = {(accum, remat): own}
@@ -253,15 +231,14 @@ def accumulation_report(model_cfg, config, mesh, total_steps: int, accum: int,
   if _COMPARE_K.value and accum > 1:
     for k in [k for k in accum_candidates(per_device) if k < accum]:
       compiled_for(k, remat)
-  budget = None
-  if _DEVICE_MEMORY.value:
-    budget = int(parse_bytes(_DEVICE_MEMORY.value) * _USABLE.value)
+  budget = int(memory * usable) if memory else None
+  if search and budget:
     unknown = sorted(set(_REMAT_OPTIONS.value) - set(layers.REMAT_POLICIES) - {remat})
     if unknown:
       raise app.UsageError(f"--remat_options: {unknown} unknown; use "
                            f"{sorted(layers.REMAT_POLICIES)}.")
     for remat_setting in _REMAT_OPTIONS.value or [remat]:
-      for k in accum_candidates(per_device):
+      for k in [k for k in accum_candidates(per_device) if k >= _MIN_K.value]:
         if peak_estimate(compiled_for(k, remat_setting)["xla"]) <= budget:
           break  # larger k only need less
   sweep = [{"grad_accum_steps": k, "remat": r,
@@ -275,7 +252,7 @@ def accumulation_report(model_cfg, config, mesh, total_steps: int, accum: int,
   report["temp_bytes_by_k"] = by_k
   report["sweep"] = sweep
   if len(sweep) > 1:
-    print("Temporaries and peak estimate per setting (CPU compiler, per device):")
+    print(f"Temporaries and peak estimate per setting ({_compiler_name()}, per device):")
     for e in sweep:
       fits = "" if budget is None else ("  fits" if e["fits"] else "  does not fit")
       print(f"  grad_accum_steps={e['grad_accum_steps']:<4d} remat={e['remat']:<7s} "
@@ -283,15 +260,15 @@ def accumulation_report(model_cfg, config, mesh, total_steps: int, accum: int,
             f" GiB{fits}")
   if budget is not None:
     fitting = [e for e in sweep if e["fits"]]
-    report["device_memory_bytes"] = parse_bytes(_DEVICE_MEMORY.value)
-    report["budget_bytes"] = budget
+    if not search:
+      return report
     if fitting:
       best = min(fitting, key=lambda e: (e["grad_accum_steps"], _remat_rank(e["remat"])))
       report["pick"] = {"grad_accum_steps": best["grad_accum_steps"], "remat": best["remat"]}
-      print(f"Fits {_DEVICE_MEMORY.value} x {_USABLE.value:g} = {budget / GiB:.1f} GiB: "
+      print(f"Fits {memory / GiB:.1f} GiB x {usable:g} = {budget / GiB:.1f} GiB: "
             + ", ".join(f"k={e['grad_accum_steps']} remat={e['remat']}" for e in fitting)
             + f". Smallest k: --config.grad_accum_steps={best['grad_accum_steps']} "
-            f"--config.model.remat={best['remat']} (the CPU compiler's estimate: measure "
+            f"--config.model.remat={best['remat']} ({_compiler_name()}'s figure: measure "
             "the peak on the device).")
     else:
       report["pick"] = None
@@ -306,23 +283,63 @@ def _remat_rank(remat: str | None) -> int:
   return order.index(remat) if remat in order else len(order)
 
 
+def _compiler_name() -> str:
+  target = _COMPILE_TARGET
+  if target is None:
+    return "XLA:CPU"
+  return f"XLA:GPU for {target.name}" if target.gpu else f"XLA:TPU for {target.name}"
+
+
+def _start_backend() -> tuple[targets.Target | None, list, str]:
+  """(target, devices, mesh spec) before anything else touches a backend: the
+  target's compile-only devices, or fake CPU devices, however many."""
+  global _COMPILE_TARGET  # pylint: disable=global-statement
+  if _TARGET.value is None:
+    if _MESH.value is None:
+      raise app.UsageError("Pass --mesh (fake CPU devices) or --target.")
+    num_devices = mesh_device_count(_MESH.value, _NUM_DEVICES.value)
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", num_devices)
+    if jax.device_count() != num_devices:
+      raise RuntimeError(f"Wanted {num_devices} CPU devices, JAX has "
+                         f"{jax.device_count()}: was the backend started before this "
+                         "script set it up?")
+    return None, jax.devices(), _MESH.value
+  try:
+    target = targets.parse(_TARGET.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    targets.check_installed(target)
+  except targets.TargetUnavailable as e:
+    sys.exit(f"compile_check: {e}")  # one line, exit status 1
+  targets.prepare_environment(target)
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_num_cpu_devices", 1)
+  _COMPILE_TARGET = target
+  if target.gpu:
+    spec = _MESH.value or "data:1"
+    return target, targets.devices(target, mesh_device_count(spec, _NUM_DEVICES.value)), spec
+  devices = targets.devices(target)  # the slice's; a --mesh must cover them all
+  return target, devices, _MESH.value or f"data:{len(devices)}"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  num_devices = mesh_device_count(_MESH.value, _NUM_DEVICES.value)
-  # Before anything touches a backend: fake CPU devices, however many.
-  jax.config.update("jax_platforms", "cpu")
-  jax.config.update("jax_num_cpu_devices", num_devices)
-  if jax.device_count() != num_devices:
-    raise RuntimeError(f"Wanted {num_devices} CPU devices, JAX has {jax.device_count()}: "
-                       "was the backend started before this script set it up?")
+  target, devices, mesh_spec = _start_backend()
+  num_devices = len(devices)
 
   config = _CONFIG.value
   with config.unlocked():
-    config.mesh = _MESH.value
+    config.mesh = mesh_spec
   shape = dataset_shape(config)
   model_cfg = models.make_config(config.model, shape)
-  mesh = sharding.make_mesh(config.mesh)
+  if target and target.gpu and not target.gpu.flash_attention and \
+      getattr(model_cfg, "attention_impl", None) == "auto":
+    # cuDNN's flash attention needs sm80+: dense attention on this GPU.
+    model_cfg = dataclasses.replace(model_cfg, attention_impl="xla")
+  mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_divides(config.batch_size, mesh)
   total_steps = config.total_steps if config.total_steps > 0 else _TOTAL_STEPS.value
   accum = config.get("grad_accum_steps", 1)
@@ -345,6 +362,8 @@ def main(argv):
   emb_total = total_bytes(state.puzzle_emb)
   result = {
       "config": config_flags.get_config_filename(flags.FLAGS["config"]),
+      "target": target.name if target else "cpu", "compiler": _compiler_name(),
+      "device_kind": devices[0].device_kind,
       "mesh": dict(mesh.shape), "devices": num_devices, "family": config.data.family,
       "arch": model_cfg.ARCH,
       "vocab_size": shape.vocab_size, "seq_len": shape.seq_len,
@@ -359,7 +378,9 @@ def main(argv):
       "puzzle_emb_shards": emb_total // max(mem["puzzle_emb"], 1),
       **{f"per_device_{k}_bytes": v for k, v in mem.items()},
   }
-  print(f"Mesh {dict(mesh.shape)} on {num_devices} fake CPU devices; "
+  where = (f"compile-only {devices[0].device_kind} devices ({_compiler_name()})" if target
+           else "fake CPU devices")
+  print(f"Mesh {dict(mesh.shape)} on {num_devices} {where}; "
         f"{config.data.family} data: vocab {shape.vocab_size}, seq_len {shape.seq_len}, "
         f"{shape.num_puzzle_identifiers:,} puzzle ids; global batch {config.batch_size} "
         f"({config.batch_size // num_devices} per device).")
@@ -371,7 +392,8 @@ def main(argv):
     print(f"  {key:<11s} {value / MiB:10.2f} MiB")
 
   flops = models.family_of(model_cfg).train_step_flops(model_cfg, config.batch_size)
-  peak = peak_tflops(_PEAK.value) * 1e12
+  peak = (target.bf16_tflops() if target and not _PEAK.present
+          else peak_tflops(_PEAK.value)) * 1e12
   step_s = flops / num_devices / (peak * _MFU.value)
   result.update({"model_flops_per_step": flops,
                  "model_flops_per_device": flops / num_devices,
@@ -383,22 +405,42 @@ def main(argv):
   if _COMPILE.value:
     own = compile_step(model_cfg, config, mesh, total_steps, accum)
     xla, xla_flops = own["xla"], own["xla_flops"]
-    result.update({"lower_seconds": own["lower_seconds"],
-                   "compile_seconds": own["compile_seconds"],
+    result.update({"lower_seconds": own["lower_seconds"], "compile_error": own.get(
+                   "compile_error"), "compile_seconds": own["compile_seconds"],
                    "xla_flops_per_device": xla_flops,
                    "peak_estimate_bytes": peak_estimate(xla),
                    **{f"xla_{k}": v for k, v in xla.items()}})
-    print(f"Lowered in {own['lower_seconds']:.1f} s, compiled in "
-          f"{own['compile_seconds']:.1f} s (grad_accum_steps={accum}, "
-          f"remat={getattr(model_cfg, 'remat', None)!r}).")
-    print("XLA memory analysis (per device, CPU compiler):")
+    print(f"Lowered in {own['lower_seconds']:.1f} s, compiled in {own['compile_seconds']} s "
+          f"(grad_accum_steps={accum}, remat={getattr(model_cfg, 'remat', None)!r}).")
+    print(f"XLA memory analysis (per device, {_compiler_name()}):")
     for key, value in xla.items():
       print(f"  {key:<21s} {value / MiB:10.2f} MiB")
+    if target is None:
+      print("  (XLA:CPU's buffers and fusions, not an accelerator's: --target=h100 or "
+            "--target=tpu:v5e:4x4 compiles with theirs.)")
     if xla_flops is not None:
       print(f"XLA cost_analysis FLOPs per device: {xla_flops:.3e} (while-loop bodies "
             "counted once: a lower bound, not used for the estimate).")
-    result.update(accumulation_report(model_cfg, config, mesh, total_steps, accum, own,
-                                      num_devices))
+    memory = (parse_bytes(_DEVICE_MEMORY.value) if _DEVICE_MEMORY.value
+              else target.memory_per_device(devices) if target else None)
+    usable = _USABLE.value if (_USABLE.present or not target) else target.usable_fraction
+    peak_bytes = peak_estimate(xla)
+    fits = None if memory is None else peak_bytes <= memory * usable
+    result.update({"peak_bytes": peak_bytes, "fits": fits, "device_memory_bytes": memory,
+                   "usable_fraction": usable,
+                   "budget_bytes": int(memory * usable) if memory else None,
+                   "attention": "none (mlp_t)" if getattr(model_cfg, "mlp_t", False)
+                                else layers.resolve_attention_impl(
+                                    model_cfg.attention_impl, model_cfg.forward_dtype,
+                                    target.attention_platform if target else None),
+                   "cudnn_fmha_calls": own.get("cudnn_fmha_calls")})
+    if memory is not None:
+      print(f"Peak per device {peak_bytes / GiB:.2f} GiB (arguments + outputs - aliased + "
+            f"temporaries) of {memory / GiB:.1f} GiB x {usable:g}: "
+            f"{'fits' if fits else 'does NOT fit'} ({_compiler_name()}).")
+    result.update(accumulation_report(
+        model_cfg, config, mesh, total_steps, accum, own, num_devices, memory, usable,
+        search=bool(_DEVICE_MEMORY.value) or _SEARCH.value))
   print(json.dumps(result, sort_keys=True))
 
 

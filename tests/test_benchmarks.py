@@ -46,3 +46,32 @@ def test_cpu_learning_smoke_variant(tmp_path):
   assert run["steps"] == 4 and sorted(run["evals"]) == ["2", "4"]
   assert 0.0 <= run["final_exact_accuracy"] <= 1.0 and run["cpu_s"] > 0
   assert "sudoku:trm,smoke" in out.splitlines()[-2]
+
+
+def test_paper_memory_plan_and_resume(tmp_path):
+  """The table's rows (paper hardware of each model, one H100, a T4, TPU slices) and
+  its cache: a row in --out is not compiled again. A stand-in interpreter prints a
+  compile_check JSON line instead of compiling (the real rows need the aot extras)."""
+  out, summary = run_script("benchmarks/paper_memory.py", "--dry_run")
+  plan = [json.loads(line) for line in out.strip().splitlines()[:-1]]
+  assert summary["rows"] == len(plan) == 60
+  commands = {p["row"]: p["command"] for p in plan}
+  assert "--target=l40s --mesh=data:1" in commands["paper/trm-mlp-sudoku"]
+  assert "--target=l40s --mesh=data:4" in commands["paper/trm-att-maze"]
+  assert "--target=h100 --mesh=data:4" in commands["paper/trm-att-arc1"]
+  assert "--target=h100 --mesh=data:8" in commands["paper/hrm-maze"]
+  assert "--search" in commands["t4/trm-att-maze"] and "blocks" in commands["t4/hrm-arc1"]
+  assert "--target=tpu:v5e:4x4" in commands["tpu/v5e:4x4/hrm-arc1"]
+  fake = tmp_path / "fake_python"
+  fake.write_text("#!/bin/sh\necho '{\"target\": \"h100\", \"devices\": 8, "
+                  "\"batch_per_device\": 96, \"grad_accum_steps\": 1, \"remat\": \"none\", "
+                  "\"attention\": \"cudnn\", \"peak_bytes\": 21474836480, \"fits\": true, "
+                  "\"device_memory_bytes\": 85520809984, \"budget_bytes\": 64140607488}'\n")
+  fake.chmod(0o755)
+  args = ("benchmarks/paper_memory.py", f"--python={fake}", f"--out={tmp_path}/t.jsonl",
+          "--rows=paper/hrm-maze")
+  out, first = run_script(*args)
+  assert first["ran_now"] == 1 and first["fits"] == {"paper/hrm-maze": True}
+  assert "| paper/hrm-maze | HRM | Maze | 8 x h100 | 96 | 1 | none | cudnn | 20.0 | 79.6 x 0.75 | yes |" in out
+  _, again = run_script(*args)
+  assert again["ran_now"] == 0 and again["rows_in_out"] == 1

@@ -47,7 +47,8 @@ def test_gpu_session_tiny_runs_a_measurement(tmp_path):
   imports, accum, profile = lines
   assert imports["measurement"] == "imports" and imports["missing"] == []
   assert accum["measurement"] == "maze_1gpu" and accum["rc"] == 0, accum
-  assert accum["grad_accum_steps"] == 16 and accum["batch"] == 16
+  # The k of the :1gpu variant (experiments/maze.py), with the smoke batch of 16.
+  assert accum["grad_accum_steps"] == maze_exp.ONE_GPU_ACCUM_STEPS and accum["batch"] == 16
   # The smoke configs' own dtype (no --dtype in the plan).
   maze_dtype = maze_exp.get_config("smoke,1gpu").model.forward_dtype
   sudoku_dtype = sudoku_exp.get_config("smoke").model.forward_dtype

@@ -14,6 +14,8 @@ Blocks mix tokens with self-attention (HRM, TRM-Att) or, with `mlp_t=True`
 fixed number of positions.
 """
 # pylint: disable=invalid-name
+import contextlib
+import contextvars
 import math
 from typing import Callable
 
@@ -22,6 +24,8 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
+
+from hrm_jax.models import precision
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -62,41 +66,13 @@ def _matmul(x: Array, w: Array, keep_float32: bool = False) -> Array:
   accumulator directly and XLA fuses the rounding into it, instead of a
   separate pass over the activation (as costly as the matmul itself on CPUs).
   """
-  # Every dtype takes the custom VJP: in float32 its casts are identities, and its
+  # Every dtype takes the custom VJP (`precision`): in float32 its casts are identities, and its
   # dW = einsum(x, g) saves the transposes of [B*L, F] activations that JAX's
   # own matmul transpose rule makes on XLA:CPU (BUILD_NOTES.md, issue 15).
-  y = _low_precision_matmul(x, w)
+  y = precision.low_precision_matmul(x, w)
   # The name lets remat="dots" keep projection outputs (an identity otherwise).
   y = checkpoint_name(y, PROJECTION)
   return y if keep_float32 else y.astype(x.dtype)
-
-
-@jax.custom_vjp
-def _low_precision_matmul(x: Array, w: Array) -> Array:
-  """x [..., in] (bf16/f16/f32) @ w [in, out] (float32 parameter) -> float32 [..., out].
-
-  Forward: w is cast to x's dtype, products accumulated in float32. Backward as
-  mixed precision does it (PyTorch autocast too): the incoming float32 cotangent is
-  rounded to x's dtype, so both gradient matmuls take 16-bit operands (JAX's own
-  rule would run them in float32, at half the speed, on float32 copies); dw is
-  accumulated and returned in float32.
-  """
-  return jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
-
-
-def _low_precision_matmul_fwd(x, w):
-  return _low_precision_matmul(x, w), (x, w)
-
-
-def _low_precision_matmul_bwd(residuals, g):
-  x, w = residuals
-  g = g.astype(x.dtype)
-  dx = jnp.matmul(g, w.astype(x.dtype).T, preferred_element_type=jnp.float32)
-  dw = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32)
-  return dx.astype(x.dtype), dw
-
-
-_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
 class CastedDense(nn.Module):
@@ -148,6 +124,15 @@ def rms_norm(x: Array, eps: float) -> Array:
   x32 = x.astype(jnp.float32)
   x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
   return x32.astype(x.dtype)
+
+
+def residual_norm(x: Array, eps: float, dtype) -> Array:
+  """rms_norm of the float32 residual sum `x`, in `dtype`; in 16-bit the backward
+  pass keeps x in `dtype` (`precision.rms_norm_low_precision`), in float32 JAX's
+  own rule runs (parity and golden tests unchanged)."""
+  if jnp.dtype(dtype) == jnp.dtype(jnp.float32):
+    return rms_norm(x, eps).astype(dtype)
+  return precision.rms_norm_low_precision(x, eps, jnp.dtype(dtype))
 
 
 def rope_cos_sin(num_positions: int, head_dim: int,
@@ -221,16 +206,38 @@ class Attention(nn.Module):
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
-def resolve_attention_impl(impl: str, dtype) -> str:
-  """"auto" -> cuDNN flash attention on GPUs for 16-bit activations, else "xla"."""
+# The platform attention resolves for while tracing (`attention_platform`); None:
+# the backend the program runs on.
+_ATTENTION_PLATFORM = contextvars.ContextVar("attention_platform", default=None)
+
+
+@contextlib.contextmanager
+def attention_platform(platform: str | None):
+  """Inside the block, "auto" attention resolves for `platform` ("gpu", "tpu",
+  "cpu") instead of `jax.default_backend()`: the AOT compile check traces on a
+  CPU a program that XLA's GPU or TPU compiler compiles."""
+  token = _ATTENTION_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _ATTENTION_PLATFORM.reset(token)
+
+
+def resolve_attention_impl(impl: str, dtype, platform: str | None = None) -> str:
+  """"auto" -> cuDNN flash attention on GPUs for 16-bit activations, else "xla".
+
+  `platform`: the platform the program is compiled for; default the one set by
+  `attention_platform`, else `jax.default_backend()`.
+  """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={impl!r}: use one of {ATTENTION_IMPLS}.")
+  platform = platform or _ATTENTION_PLATFORM.get() or jax.default_backend()
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  on_gpu = jax.default_backend() == "gpu"
+  on_gpu = platform in ("gpu", "cuda")
   if impl == "cudnn" and not (half and on_gpu):
     raise ValueError(
-        f"attention_impl='cudnn' needs a GPU and bfloat16/float16 activations (backend "
-        f"{jax.default_backend()!r}, forward_dtype {jnp.dtype(dtype).name}); use "
+        f"attention_impl='cudnn' needs a GPU and bfloat16/float16 activations (platform "
+        f"{platform!r}, forward_dtype {jnp.dtype(dtype).name}); use "
         "attention_impl='auto' (picks cuDNN where it applies) or 'xla'.")
   if impl != "auto":
     return impl
@@ -269,7 +276,11 @@ def swiglu_width(hidden_size: int, expansion: float) -> int:
 
 
 class SwiGLU(nn.Module):
-  """down(silu(gate) * up) with gate and up fused in one projection (gate first)."""
+  """down(silu(gate) * up) with gate and up fused in one projection (gate first).
+
+  In 16-bit the backward pass keeps gate and up in that dtype
+  (`precision.gated_low_precision`); in float32 JAX's own rule runs (parity, golden).
+  """
   expansion: float
 
   @nn.compact
@@ -278,7 +289,11 @@ class SwiGLU(nn.Module):
     F = swiglu_width(D, self.expansion)
     gate_BxLxF, up_BxLxF = CastedDense(2 * F, num_splits=2, keep_float32=True,
                                        name="gate_up_proj")(x_BxLxD)
-    hidden_BxLxF = (jax.nn.silu(gate_BxLxF) * up_BxLxF).astype(x_BxLxD.dtype)
+    dtype = jnp.dtype(x_BxLxD.dtype)
+    if dtype == jnp.dtype(jnp.float32):
+      hidden_BxLxF = precision.gated(gate_BxLxF, up_BxLxF, dtype)
+    else:
+      hidden_BxLxF = precision.gated_low_precision(gate_BxLxF, up_BxLxF, dtype)
     return CastedDense(D, keep_float32=True, name="down_proj")(hidden_BxLxF)
 
 
@@ -318,13 +333,13 @@ class PostNormBlock(nn.Module):
             "seq_len (or use attention, mlp_t=False).")
       h_BxDxL = jnp.swapaxes(h_BxLxD, 1, 2)
       mix = SwiGLU(self.expansion, name="mlp_t")(h_BxDxL)
-      h_BxDxL = rms_norm(h_BxDxL + mix, self.rms_norm_eps).astype(dtype)  # over L
+      h_BxDxL = residual_norm(h_BxDxL + mix, self.rms_norm_eps, dtype)  # over L
       h_BxLxD = jnp.swapaxes(h_BxDxL, 1, 2)
     else:
       attn = Attention(self.num_heads, self.attention_impl, name="self_attn")(h_BxLxD, cos_sin)
-      h_BxLxD = rms_norm(h_BxLxD + attn, self.rms_norm_eps).astype(dtype)
+      h_BxLxD = residual_norm(h_BxLxD + attn, self.rms_norm_eps, dtype)
     mlp = SwiGLU(self.expansion, name="mlp")(h_BxLxD)
-    return rms_norm(h_BxLxD + mlp, self.rms_norm_eps).astype(dtype)
+    return residual_norm(h_BxLxD + mlp, self.rms_norm_eps, dtype)
 
 
 # Rematerialisation of the blocks under differentiation (`remat`):
