@@ -36,17 +36,23 @@ class DoesNotFitError(RuntimeError):
   """The step does not fit this device even with one row per micro-batch."""
 
 
-def peak_bytes(compiled) -> int | None:
-  """XLA's per-device peak of a compiled step: arguments + outputs - aliased
-  (donated) + temporaries; None where the backend gives no analysis."""
+def peak_of(argument: int, output: int, alias: int, temp: int) -> int:
+  """The per-device peak of a step from XLA's memory analysis: the live arguments,
+  the outputs not aliased to them (donation) and the temporaries."""
+  return int(argument + output - alias + temp)
+
+
+def peak_bytes(compiled, temporaries: bool = True) -> int | None:
+  """`peak_of` a compiled step (without its temporaries if told); None where the
+  backend gives no analysis."""
   try:
     m = compiled.memory_analysis()
   except Exception:  # pylint: disable=broad-exception-caught
     return None
   if m is None:
     return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
-             m.temp_size_in_bytes)
+  return peak_of(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
+                 m.temp_size_in_bytes if temporaries else 0)
 
 
 def _read_int(path: str) -> int | None:
@@ -132,9 +138,7 @@ def fit(build: Callable[[int], object], lower_args: Callable[[object], tuple], k
   peak = peak_bytes(compiled)
   if budget is None or peak is None or peak <= budget:
     return program, compiled, peak
-  first_peak, fixed = peak, None
-  m = compiled.memory_analysis()
-  fixed = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  first_peak, fixed = peak, peak_bytes(compiled, temporaries=False)
   choices = accumulation_choices(k, per_device_batch)[1:]
   predicted = [c for c in choices if fixed + (first_peak - fixed) * k / c <= budget]
   start = choices.index(predicted[0]) if predicted else len(choices) - 1

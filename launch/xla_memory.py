@@ -9,6 +9,8 @@ import re
 import jax
 import jax.numpy as jnp
 
+from hrm_jax import memory_fit
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -52,8 +54,8 @@ def peak_estimate(xla: dict) -> int | None:
   them (donation), temporaries."""
   if not xla:
     return None
-  return (xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"]
-          + xla["temp_bytes"])
+  return memory_fit.peak_of(xla["argument_bytes"], xla["output_bytes"], xla["alias_bytes"],
+                            xla["temp_bytes"])
 
 
 def cost_flops(compiled) -> float | None:
