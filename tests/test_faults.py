@@ -16,6 +16,7 @@ by the tests; the runs share a JAX compilation cache (`JAX_COMPILATION_CACHE_DIR
 in a module temp directory) so each restart compiles in ~1 s; processes that
 fail before training start in parallel.
 """
+import logging
 import os
 import pathlib
 import random
@@ -590,20 +591,20 @@ def test_sigterm_during_an_evaluation_exits_at_once_and_resume_evaluates_it(env,
   assert proc.returncode == 0, proc.stderr[-3000:]
   eval_seconds = [r["eval/seconds"] for r in metric_writers.read_jsonl_metrics(reference)
                   if "eval/seconds" in r]
-  assert len(eval_seconds) == 2 and min(eval_seconds) > 4, eval_seconds  # long enough
-  assert "eval of step 2: batch " in proc.stderr  # progress of a long evaluation
+  assert len(eval_seconds) == 2, eval_seconds  # the wall time is in the record
 
   workdir = tmp_path / "run"
   args = [*env.smoke, *LONG_EVAL, f"--workdir={workdir}"]
   log = tmp_path / "cut.log"
   proc = env.start(args, log)
+  # Step 2 is saved, then evaluated (250 batches): the signal lands in that evaluation
+  # (or just before its first batch, which polls too).
   saved = lambda: "Saving checkpoint of step 2" in log.read_text()
   assert _wait_for(saved, proc)
-  time.sleep(1.0)  # inside the evaluation (> 4 s long)
   sent = time.monotonic()
   proc.send_signal(signal.SIGTERM)
   assert _finish(proc) == 0, log.read_text()[-3000:]
-  assert time.monotonic() - sent < 10
+  assert time.monotonic() - sent < 15
   text = log.read_text()
   assert "its evaluation was cut short after" in text and "runs again on resume" in text
   assert "eval at step 2" not in text
@@ -616,7 +617,8 @@ def test_sigterm_during_an_evaluation_exits_at_once_and_resume_evaluates_it(env,
   assert _record(workdir) == _record(reference)
 
 
-def test_a_small_evaluation_set_is_one_batch_of_its_own_size(env, trained):
+def test_a_small_evaluation_set_is_one_batch_of_its_own_size(env, trained, monkeypatch,
+                                                             caplog):
   """Issue 26: 32 test puzzles with eval.batch_size 768 make one batch of 32 rows
   (rounded up to the devices only), not 768 rows of padding."""
   from hrm_jax import data as data_lib, evaluation  # pylint: disable=import-outside-toplevel
@@ -655,3 +657,15 @@ def test_a_small_evaluation_set_is_one_batch_of_its_own_size(env, trained):
   with pytest.raises(evaluation.EvaluationCut):
     evaluation.evaluate(None, split, eval_fn, Evaluator(), config, mesh,
                         should_stop=lambda: True)
+  # A long evaluation shows progress (here: every batch past the first); a stop
+  # signal after batch 3 cuts it at batch 3 of 8.
+  config.eval.batch_size = 4
+  monkeypatch.setattr(evaluation, "PROGRESS_EVERY_S", 0.0)
+  polls = iter([False, False, False, True])
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(evaluation.EvaluationCut) as cut:
+      evaluation.evaluate(None, split, eval_fn, Evaluator(), config, mesh,
+                          should_stop=lambda: next(polls), label="eval of step 7")
+  assert (cut.value.done, cut.value.total) == (3, 8) and shapes == [4, 4, 4]
+  progress = [r.getMessage() for r in caplog.records if "eval of step 7" in r.getMessage()]
+  assert progress and progress[0].startswith("eval of step 7: batch 2/8 (4 rows each)")
