@@ -73,8 +73,7 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
   Batch i's sampling noise comes from `config.eval.sample_seed` folded with i (the
   same on every process). When the evaluator needs rows and the evaluation checks
   answers (`sampling.uses_checker`), the family's rule check of every candidate
-  is added to them as `sample_accepted` [B, K] (host-side, numpy). The result has
-  `seconds`, the evaluation's wall time.
+  is added to them as `sample_accepted` [B, K] (host-side, numpy).
 
   Raises:
     EvaluationCut: `should_stop()` turned true (polled before each batch, agreed
@@ -119,9 +118,7 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
                    label or "evaluation", i + 1, total, rows_per_batch, rate,
                    metric_writers.format_duration((total - i - 1) / rate))
       last_report = now
-  result = dict(evaluator.result())
-  result["seconds"] = time.perf_counter() - start
-  return result
+  return evaluator.result()
 
 
 def pending_step(workdir, step: int, eval_steps) -> bool:

@@ -259,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # acted on at the next step; the checkpoint of this one exists already, and a
     # kill during the evaluation loses nothing (it is owed on resume).
     should_stop = stop_flag if jax.process_count() == 1 else None
+    t0 = time.perf_counter()
     try:
       result = evaluation.evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
                                    config, mesh, should_stop=should_stop,
@@ -269,11 +270,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
               "batches and runs again on resume")
     last_eval, last_eval_step = result, at
     scalars = {f"eval/{k}": v for k, v in result.items()}
+    scalars["eval/seconds"] = seconds = time.perf_counter() - t0
     # Seconds since this process started the run: time-to-accuracy benchmarks.
     scalars["eval/elapsed_s"] = time.perf_counter() - run_start
     writer.write_scalars(at, scalars)
     writer.flush()
-    logging.info("eval at step %d (%.1fs): %s", at, result["seconds"],
+    logging.info("eval at step %d (%.1fs): %s", at, seconds,
                  metric_writers.format_scalars(at, result))
     return None
 

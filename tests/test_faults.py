@@ -653,7 +653,7 @@ def test_a_small_evaluation_set_is_one_batch_of_its_own_size(env, trained, monke
 
   config.eval.max_batches = -1
   result = evaluation.evaluate(None, split, eval_fn, Evaluator(), config, mesh)
-  assert shapes == [32] and result["batches"] == 1 and result["seconds"] >= 0
+  assert shapes == [32] and result["batches"] == 1
   with pytest.raises(evaluation.EvaluationCut):
     evaluation.evaluate(None, split, eval_fn, Evaluator(), config, mesh,
                         should_stop=lambda: True)
