@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hrm_jax import data, errors, inference, metrics, models
+from hrm_jax import data, errors, evaluation, inference, metrics, models
 from hrm_jax import state as state_lib
 from hrm_jax.data import puzzles
 from hrm_jax.models import act
@@ -277,8 +277,7 @@ def load(workdir: str) -> tuple[inference.Loaded, data.PuzzleSplit]:
 
 def eval_segments(loaded: inference.Loaded) -> int:
   """M of the protocol: the run's evaluation segments."""
-  M = int(loaded.config.get("eval", {}).get("halt_max_steps", -1))
-  return M if M > 0 else int(loaded.model.config.halt_max_steps)
+  return evaluation.segments(loaded.config.get("eval", {}), loaded.model.config)
 
 
 def analyze(workdir: str, compare_untrained: bool = False,

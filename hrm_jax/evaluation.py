@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from hrm_jax import data, metric_writers, sampling, sharding
+from hrm_jax import data, metric_writers, sampling, sharding, steps
 
 # An evaluation that takes longer than this shows progress lines, this often.
 PROGRESS_EVERY_S = 5.0
@@ -46,6 +46,27 @@ def load_evaluator(eval_cfg, split, workdir):
   return module.Evaluator(split=split, eval_cfg=eval_cfg, workdir=workdir)
 
 
+def segments(eval_cfg, model_cfg) -> int:
+  """Segments an evaluation runs at most: `eval.halt_max_steps`, or (<= 0) the
+  model's training value."""
+  return int(eval_cfg.halt_max_steps if eval_cfg.get("halt_max_steps", -1) > 0
+             else model_cfg.halt_max_steps)
+
+
+def build(config, model, split, workdir):
+  """(eval_fn, evaluator) of a run's evaluation as `config.eval` says: the jitted
+  eval step (`steps.build_eval_step`) and the evaluator plug-in. Bad options
+  (an unknown rule, "checker" for a family without a rule check) fail here."""
+  eval_cfg = config.eval
+  sampling.check_family(eval_cfg.select, config.data.family,
+                        data.family(config.data.family).check_answer)
+  eval_fn = steps.build_eval_step(model, segments(eval_cfg, model.config), eval_cfg.adaptive_halting,
+                                  num_samples=eval_cfg.num_samples,
+                                  latent_noise=eval_cfg.latent_noise,
+                                  select=eval_cfg.select)
+  return eval_fn, load_evaluator(eval_cfg, split, workdir)
+
+
 def batch_size(split, eval_cfg, num_devices: int) -> int:
   """Rows per evaluation batch: `eval.batch_size`, or for a smaller split the split's
   size rounded up to the devices (no batch of padding rows)."""
@@ -67,7 +88,7 @@ def _agreed(flag: bool) -> bool:
 
 def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
              should_stop: Callable[[], bool] | None = None,
-             label: str = "") -> dict[str, float]:
+             label: str = "", step: int | None = None) -> dict[str, float]:
   """Runs the evaluator over the test split (or its first max_batches).
 
   Batch i's sampling noise comes from `config.eval.sample_seed` folded with i (the
@@ -75,12 +96,16 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
   answers (`sampling.uses_checker`), the family's rule check of every candidate
   is added to them as `sample_accepted` [B, K] (host-side, numpy).
 
+  `step` (the train step of the weights, None outside a run) is handed to the
+  evaluator's `reset`: an evaluator that pools over a run's evaluations (ARC's
+  aggregated votes) keys its saved pool by it.
+
   Raises:
     EvaluationCut: `should_stop()` turned true (polled before each batch, agreed
       over processes; None: never polled).
   """
   start = time.perf_counter()
-  evaluator.reset()
+  evaluator.reset(step=step)
   eval_cfg = config.eval
   check = data.family(config.data.family).check_answer
   run_checker = check is not None and sampling.uses_checker(eval_cfg.num_samples,

@@ -208,16 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir_lib.write_dataset_info(workdir, test_split.metadata, test_split.identifiers)
 
   # ---- Evaluators.
-  eval_halt_steps = (config.eval.halt_max_steps if config.eval.halt_max_steps > 0
-                     else model_cfg.halt_max_steps)
-  sampling.check_family(config.eval.get("select", "q_halt"), config.data.family,
-                        data.family(config.data.family).check_answer)
-  eval_fn = steps.build_eval_step(program.model, eval_halt_steps,
-                                  config.eval.adaptive_halting,
-                                  num_samples=config.eval.get("num_samples", 1),
-                                  latent_noise=config.eval.get("latent_noise", 0.0),
-                                  select=config.eval.get("select", "q_halt"))
-  evaluator = evaluation.load_evaluator(config.eval, test_split, workdir)
+  eval_fn, evaluator = evaluation.build(config, program.model, test_split, workdir)
 
   writer = metric_writers.writers_for_process(workdir, jax.process_index())
   progress = metric_writers.ProgressReporter(total_steps, config.batch_size,
@@ -263,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     try:
       result = evaluation.evaluate(state.eval_weights(), test_split, eval_fn, evaluator,
                                    config, mesh, should_stop=should_stop,
-                                   label=f"eval of step {at}")
+                                   label=f"eval of step {at}", step=at)
     except evaluation.EvaluationCut as cut:
       why = _stop_reason(stop_flag, at, config, ckpt) or "preemption notice"
       return (f"{why}; its evaluation was cut short after {cut.done}/{cut.total} "

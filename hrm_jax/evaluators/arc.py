@@ -193,7 +193,8 @@ class Evaluator:
     self._metrics = exact_match.Evaluator(split, eval_cfg, workdir)
     self._voter = ArcVoter(split, **self._options)
 
-  def reset(self) -> None:
+  def reset(self, step: int | None = None) -> None:
+    del step
     self._metrics.reset()
     self._voter = ArcVoter(self._split, **self._options)
 

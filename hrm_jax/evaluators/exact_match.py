@@ -27,7 +27,8 @@ class Evaluator:
     self.needs_rows = sampling.uses_checker(eval_cfg.get("num_samples", 1), self._select)
     self._sums = metrics.Sums()
 
-  def reset(self) -> None:
+  def reset(self, step: int | None = None) -> None:
+    del step  # no state outside one evaluation
     self._sums = metrics.Sums()
 
   def add(self, metric_sums: dict[str, Any], rows: dict[str, Any] | None) -> None:
