@@ -140,7 +140,8 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   # (memory and time grow K-fold: lower eval.batch_size for large K).
   c.eval.num_samples = 1
   c.eval.latent_noise = 0.0  # Std of the Gaussian noise on z_H/z_L before each segment.
-  c.eval.select = "q_halt"  # Which of the K is the answer: "q_halt", "vote" or "checker".
+  c.eval.noise_on = "both"  # Where: "both" states, "z_L" alone (PTRM), "init" (C-voting).
+  c.eval.select = "q_halt"  # Which of the K is the answer: sampling.SELECT_RULES.
   c.eval.sample_seed = 0  # Seeds the latent noise (batch i folds in i).
 
   c.mesh = "data:-1,fsdp:1"  # axis:size pairs; one -1 takes the remaining devices.

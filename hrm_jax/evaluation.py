@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from hrm_jax import data, metric_writers, sampling, sharding, steps
+from hrm_jax import data, metric_writers, models, sampling, sharding, steps
 
 # An evaluation that takes longer than this shows progress lines, this often.
 PROGRESS_EVERY_S = 5.0
@@ -55,15 +55,23 @@ def segments(eval_cfg, model_cfg) -> int:
 
 def build(config, model, split, workdir):
   """(eval_fn, evaluator) of a run's evaluation as `config.eval` says: the jitted
-  eval step (`steps.build_eval_step`) and the evaluator plug-in. Bad options
-  (an unknown rule, "checker" for a family without a rule check) fail here."""
+  eval step (`steps.build_eval_step`) with `nfe` added to its sums, and the
+  evaluator plug-in. Bad options (an unknown rule, "checker" for a family
+  without a rule check) fail here."""
   eval_cfg = config.eval
   sampling.check_family(eval_cfg.select, config.data.family,
                         data.family(config.data.family).check_answer)
-  eval_fn = steps.build_eval_step(model, segments(eval_cfg, model.config), eval_cfg.adaptive_halting,
-                                  num_samples=eval_cfg.num_samples,
-                                  latent_noise=eval_cfg.latent_noise,
-                                  select=eval_cfg.select)
+  step = steps.build_eval_step(model, segments(eval_cfg, model.config),
+                               eval_cfg.adaptive_halting, num_samples=eval_cfg.num_samples,
+                               latent_noise=eval_cfg.latent_noise, select=eval_cfg.select,
+                               noise_on=eval_cfg.noise_on)
+  calls = models.family_of(model.config).calls_per_segment(model.config)
+
+  def eval_fn(weights, batch, rng):
+    sums, rows = step(weights, batch, rng)
+    # NFE: network calls per puzzle, every sample's segments x calls per segment.
+    return dict(sums, nfe=calls * sums.get("sample_steps", sums["steps"])), rows
+
   return eval_fn, load_evaluator(eval_cfg, split, workdir)
 
 

@@ -70,11 +70,12 @@ def _rollout_fn(model: Any, halt_max_steps: int, adaptive: bool, num_samples: in
     carry, outputs, trajectory = act.rollout(
         model, weights.variables(), weights.puzzle_emb, batch,
         halt_max_steps=halt_max_steps, adaptive_halting=adaptive, keep_trajectory=True,
-        num_samples=K, latent_noise=latent_noise, rng=rng)
+        num_samples=K, latent_noise=latent_noise, rng=rng, track_halt=True)
     split = lambda x: sampling.split_samples(x, K)
-    return {"predictions": split(outputs["logits"].argmax(-1).astype(np.int32)),
-            "trajectory": jax.vmap(split)(trajectory), "steps": split(carry.steps_B),
-            "q_halt_logits": split(outputs["q_halt_logits"])}
+    c = sampling.sample_arrays(outputs, carry.inputs_BxS, K)
+    return {"predictions": c["predictions"], "q_halt_logits": c["q_halt"],
+            "q_halt_step": c["q_halt_step"], "confidence": c["confidence"],
+            "trajectory": jax.vmap(split)(trajectory), "steps": split(carry.steps_B)}
 
   return jax.jit(run)
 
@@ -97,8 +98,8 @@ def predict(loaded: Loaded, inputs_NxS: np.ndarray, puzzle_identifiers_N: np.nda
       batch_size * num_samples trajectories.
     num_samples: K trajectories per row (`act.rollout`), one chosen by `select`.
     latent_noise: sigma of the noise on the carry before each segment.
-    select: "q_halt", "vote" or "checker" (`hrm_jax.sampling`; "checker" runs
-      the model's puzzle family's rule check on every candidate).
+    select: a rule of `sampling.SELECT_RULES` ("checker" runs the model's
+      puzzle family's rule check on every candidate).
     seed: seeds the noise (chunk c folds in c): the same call gives the same
       samples.
 
@@ -150,7 +151,9 @@ def predict(loaded: Loaded, inputs_NxS: np.ndarray, puzzle_identifiers_N: np.nda
   if check is not None and (K > 1 or select == "checker"):
     accepted = sampling.accepted(check, inputs, samples["predictions"])
   choice, unsure = sampling.choose(select, samples["predictions"],
-                                   samples["q_halt_logits"], accepted)
+                                   samples["q_halt_logits"], accepted,
+                                   q_halt_step_BxK=samples["q_halt_step"],
+                                   confidence_BxK=samples["confidence"])
   choice = np.asarray(choice)
   out = {k: sampling.take(samples[k], choice)
          for k in ("predictions", "steps", "q_halt_logits")}

@@ -40,6 +40,12 @@ REDUCTIONS: dict[str, str] = {
     "exact_mean_sample": PER_HALTED,
     "distinct_answers": PER_HALTED,
     "checker_unsure": PER_HALTED,
+    "exact_first_halt": PER_HALTED,
+    "exact_confidence": PER_HALTED,
+    # Segments of all K samples, and network calls (NFE: those segments x the
+    # family's calls per segment), per evaluated row.
+    "sample_steps": PER_HALTED,
+    "nfe": PER_HALTED,
     "loss": PER_ROW,
     "lm_loss": PER_ROW,
     "q_halt_loss": PER_ROW,

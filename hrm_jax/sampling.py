@@ -10,13 +10,21 @@ evaluators), the tools (`inference.predict`, `solve`) and the benchmarks:
              confidence that the answer is right; Probabilistic TRM);
   "vote"     the most frequent prediction, ties broken by the highest q_halt
              among the tied candidates;
+  "first_halt" the candidate whose Q head said halt first (`q_halt_step`, the
+             family's halting rule applied after every segment, also when the
+             evaluation runs every segment), ties by the highest q_halt: an
+             ensemble's answer is the first trajectory to halt ("Speed is
+             Confidence", arXiv 2601.19085);
+  "confidence" the candidate with the highest mean top-1 probability (softmax
+             of its logits) over the answer cells, the positions whose input is
+             not padding (C-voting, arXiv 2604.13521);
   "checker"  the puzzle family's rule check (`data.family(name).check_answer`):
              among the candidates it accepts, the highest q_halt; when it
              accepts none, the q_halt choice, reported as "unsure". Families
              without a check (ARC) cannot use it.
 
 Evaluation reports the exact accuracy of every rule (`exact_q_halt`,
-`exact_vote`, `exact_checker`), the oracle (`exact_oracle`: any of the K
+`exact_vote`, `exact_first_halt`, `exact_confidence`, `exact_checker`), the oracle (`exact_oracle`: any of the K
 right, the headroom a better rule could reach), the mean exact accuracy of one
 sample (`exact_mean_sample`: what the noise costs a single trajectory), the
 mean number of distinct answers (`distinct_answers`) and the fraction of rows
@@ -33,12 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax.data.puzzles import IGNORE_LABEL_ID
+from hrm_jax.data.puzzles import IGNORE_LABEL_ID, PAD_ID
 
-SELECT_RULES = ("q_halt", "vote", "checker")
+SELECT_RULES = ("q_halt", "vote", "first_halt", "confidence", "checker")
 # Rules that need nothing but the model's outputs (the eval step applies them on
 # device; "checker" falls back to the q_halt choice there and is applied on host).
-DEVICE_RULES = ("q_halt", "vote")
+DEVICE_RULES = ("q_halt", "vote", "first_halt", "confidence")
 
 
 def check_options(num_samples: int, latent_noise: float, select: str,
@@ -74,6 +82,39 @@ def by_vote(predictions_BxKxS: Any, q_halt_BxK: Any) -> jax.Array:
   return jnp.argmax(jnp.where(best_BxK, q, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
+def by_first_halt(q_halt_step_BxK: Any, q_halt_BxK: Any) -> jax.Array:
+  """int32 [B]: the sample whose Q head said halt first; ties by the highest q_halt."""
+  halt = jnp.asarray(q_halt_step_BxK)
+  first_BxK = halt == jnp.min(halt, axis=-1, keepdims=True)
+  q = jnp.asarray(q_halt_BxK, jnp.float32)
+  return jnp.argmax(jnp.where(first_BxK, q, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def by_confidence(confidence_BxK: Any) -> jax.Array:
+  """int32 [B]: the sample with the highest mean top-1 probability (the first on ties)."""
+  return jnp.argmax(jnp.asarray(confidence_BxK), axis=-1).astype(jnp.int32)
+
+
+def answer_confidence(logits_NxSxV: Any, inputs_NxS: Any) -> jax.Array:
+  """float32 [N]: the mean over answer cells (input not padding) of the top-1
+  softmax probability, the "confidence" rule's score."""
+  top1_NxS = jnp.max(jax.nn.softmax(jnp.asarray(logits_NxSxV, jnp.float32), axis=-1),
+                     axis=-1)
+  cells_NxS = jnp.asarray(inputs_NxS) != PAD_ID
+  return (jnp.sum(jnp.where(cells_NxS, top1_NxS, 0.0), axis=-1) /
+          jnp.maximum(jnp.sum(cells_NxS, axis=-1), 1))
+
+
+def sample_arrays(outputs: dict[str, Any], inputs_NxS: Any, num_samples: int) -> dict:
+  """The [B, K, ...] candidates of a rollout (`act.rollout` outputs, its tiled
+  inputs): predictions [B,K,S], q_halt [B,K], q_halt_step [B,K], confidence [B,K]."""
+  split = lambda x: split_samples(x, num_samples)
+  return {"predictions": split(jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)),
+          "q_halt": split(outputs["q_halt_logits"]),
+          "q_halt_step": split(outputs["q_halt_step"]),
+          "confidence": split(answer_confidence(outputs["logits"], inputs_NxS))}
+
+
 def by_checker(accepted_BxK: Any, q_halt_BxK: Any) -> tuple[jax.Array, jax.Array]:
   """(int32 [B] choice, bool [B] unsure): the accepted sample with the highest
   q_halt; rows with no accepted sample take the q_halt choice and are unsure."""
@@ -86,17 +127,27 @@ def by_checker(accepted_BxK: Any, q_halt_BxK: Any) -> tuple[jax.Array, jax.Array
 
 
 def choose(select: str, predictions_BxKxS: Any, q_halt_BxK: Any,
-           accepted_BxK: Any = None) -> tuple[jax.Array, jax.Array | None]:
+           accepted_BxK: Any = None, *, q_halt_step_BxK: Any = None,
+           confidence_BxK: Any = None) -> tuple[jax.Array, jax.Array | None]:
   """(choice [B], unsure [B] or None) by rule `select` (see the module docstring).
 
   `accepted_BxK` (the rule check of every candidate) is needed by "checker"
   only; without it (on device, or for a family without a check) "checker"
-  returns the q_halt choice and unsure None.
+  returns the q_halt choice and unsure None. "first_halt" needs
+  `q_halt_step_BxK`, "confidence" `confidence_BxK` (`sample_arrays`).
   """
   if select == "q_halt":
     return by_q_halt(q_halt_BxK), None
   if select == "vote":
     return by_vote(predictions_BxKxS, q_halt_BxK), None
+  if select in ("first_halt", "confidence"):
+    needed = q_halt_step_BxK if select == "first_halt" else confidence_BxK
+    if needed is None:
+      raise ValueError(f"select={select!r} needs the candidates' "
+                       f"{'q_halt_step' if select == 'first_halt' else 'confidence'}.")
+    if select == "first_halt":
+      return by_first_halt(q_halt_step_BxK, q_halt_BxK), None
+    return by_confidence(confidence_BxK), None
   if select == "checker":
     if accepted_BxK is None:
       return by_q_halt(q_halt_BxK), None
@@ -124,16 +175,24 @@ def exact_samples(predictions_BxKxS: Any, labels_BxS: Any) -> jax.Array:
                  axis=-1)
 
 
-def sample_metric_sums(predictions_BxKxS: Any, q_halt_BxK: Any,
-                       labels_BxS: Any) -> dict[str, jax.Array]:
+def sample_metric_sums(predictions_BxKxS: Any, q_halt_BxK: Any, labels_BxS: Any, *,
+                       q_halt_step_BxK: Any = None,
+                       confidence_BxK: Any = None) -> dict[str, jax.Array]:
   """Sums over the rows with labels (float32): exact_q_halt, exact_vote,
-  exact_oracle, exact_mean_sample, distinct_answers. Reduced per evaluated row
+  exact_oracle, exact_mean_sample, distinct_answers and, given what they need,
+  exact_first_halt and exact_confidence. Reduced per evaluated row
   (`metrics.REDUCTIONS`)."""
   valid_B = jnp.any(jnp.asarray(labels_BxS) != IGNORE_LABEL_ID, axis=-1)
   exact_BxK = exact_samples(predictions_BxKxS, labels_BxS)
   count_BxK = votes(predictions_BxKxS)
   f32 = lambda x: jnp.sum(jnp.where(valid_B, x, 0)).astype(jnp.float32)
-  return {
+  more = {}
+  if q_halt_step_BxK is not None:
+    more["exact_first_halt"] = f32(take(exact_BxK, by_first_halt(q_halt_step_BxK,
+                                                                  q_halt_BxK)))
+  if confidence_BxK is not None:
+    more["exact_confidence"] = f32(take(exact_BxK, by_confidence(confidence_BxK)))
+  return more | {
       "exact_q_halt": f32(take(exact_BxK, by_q_halt(q_halt_BxK))),
       "exact_vote": f32(take(exact_BxK, by_vote(predictions_BxKxS, q_halt_BxK))),
       "exact_oracle": f32(jnp.any(exact_BxK, axis=-1)),
@@ -189,4 +248,4 @@ def check_family(select: str, family: str, check: Callable | None,
   if select == "checker" and check is None:
     raise ValueError(f"{prefix}select='checker' needs a rule check, and {family} puzzles "
                      "have none (an answer is right only if it equals the truth): use "
-                     "'q_halt' or 'vote'.")
+                     f"one of {list(DEVICE_RULES)}.")

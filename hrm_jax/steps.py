@@ -31,6 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hrm_jax import cpu_kind, losses, models, optim, sampling, sharding, state as state_lib
+from hrm_jax.data.puzzles import IGNORE_LABEL_ID
 from hrm_jax.models import act
 
 Array = jax.Array
@@ -252,39 +253,53 @@ def check_grad_accum_steps(grad_accum_steps: int, global_batch_size: int,
 
 def eval_step(weights: state_lib.Weights, batch: dict[str, Array], rng: Array | None = None,
               *, model, halt_max_steps: int, adaptive_halting: bool = False,
-              num_samples: int = 1, latent_noise: float = 0.0, select: str = "q_halt"):
+              num_samples: int = 1, latent_noise: float = 0.0, select: str = "q_halt",
+              noise_on: str = "both"):
   """Runs a fresh carry to the end on one batch.
 
-  With `num_samples` K > 1 the rollout runs K (noisy, `latent_noise`, from
-  `rng`) trajectories per row and `select` picks one (`hrm_jax.sampling`;
-  "checker" needs the host's rule check, so here it takes the q_halt choice
-  and the evaluator applies the checker to the rows). The metrics of
+  With `num_samples` K > 1 the rollout runs K (noisy, `latent_noise` placed by
+  `noise_on`, from `rng`) trajectories per row and `select` picks one
+  (`hrm_jax.sampling`; "checker" needs the host's rule check, so here it takes
+  the q_halt choice, and the rows carry every sample's metrics,
+  `sample_metrics`, for the evaluator to re-pick). The metrics of
   `losses.act_loss` are those of the chosen sample; the sums of
   `sampling.sample_metric_sums` (every rule and the oracle) are added. With
-  K = 1 the step is the plain evaluation (plus the noise, if any).
+  K = 1 the step is the plain evaluation (plus the noise, if any); with K > 1,
+  `sample_steps` sums the segments of all K samples of the evaluated rows (the
+  compute: `evaluation.build` turns segments into NFE).
 
   Returns:
-    (metric sums as in `losses.act_loss` with every row counted as halted,
+    (metric sums as in `losses.act_loss` with every row counted as halted;
      outputs: predictions [B,S] int32, q_halt_logits [B], steps [B] of the
-     chosen sample and, when K > 1, sample_predictions [B,K,S] and
-     sample_q_halt_logits [B,K]).
+     chosen sample and, when K > 1, sample_predictions [B,K,S],
+     sample_q_halt_logits, sample_q_halt_step and sample_confidence [B,K]).
   """
   K = num_samples
   carry, outputs, _ = act.rollout(model, weights.variables(), weights.puzzle_emb, batch,
                                   halt_max_steps=halt_max_steps,
                                   adaptive_halting=adaptive_halting, num_samples=K,
-                                  latent_noise=latent_noise, rng=rng)
+                                  latent_noise=latent_noise, rng=rng, noise_on=noise_on,
+                                  track_halt=K > 1)
   extra_sums, extra_rows = {}, {}
   if K > 1:
-    predictions_BxKxS = sampling.split_samples(
-        jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32), K)
-    q_halt_BxK = sampling.split_samples(outputs["q_halt_logits"], K)
-    choice_B, _ = sampling.choose(select, predictions_BxKxS, q_halt_BxK)
+    c = sampling.sample_arrays(outputs, carry.inputs_BxS, K)
+    extra_sums = sampling.sample_metric_sums(c["predictions"], c["q_halt"], batch["labels"],
+                                             q_halt_step_BxK=c["q_halt_step"],
+                                             confidence_BxK=c["confidence"])
+    valid_B = jnp.any(batch["labels"] != IGNORE_LABEL_ID, axis=-1)
+    extra_sums["sample_steps"] = jnp.sum(jnp.where(
+        valid_B, jnp.sum(sampling.split_samples(carry.steps_B, K), -1), 0)).astype(jnp.float32)
+    if select == "checker":
+      extra_rows["sample_metrics"] = jax.tree.map(
+          lambda x: sampling.split_samples(x, K), _per_row_metrics(outputs, carry, model))
+    choice_B, _ = sampling.choose(select, c["predictions"], c["q_halt"],
+                                  q_halt_step_BxK=c["q_halt_step"],
+                                  confidence_BxK=c["confidence"])
     rows_B = jnp.arange(choice_B.shape[0]) * K + choice_B  # into the B*K rows
     carry, outputs = jax.tree.map(lambda x: x[rows_B], (carry, outputs))
-    extra_sums = sampling.sample_metric_sums(predictions_BxKxS, q_halt_BxK, batch["labels"])
-    extra_rows = {"sample_predictions": predictions_BxKxS,
-                  "sample_q_halt_logits": q_halt_BxK}
+    extra_rows.update(sample_predictions=c["predictions"], sample_q_halt_logits=c["q_halt"],
+                      sample_q_halt_step=c["q_halt_step"],
+                      sample_confidence=c["confidence"])
   loss_sum, metric_sums = losses.act_loss(outputs, carry, model.config.loss_type)
   row_outputs = {
       "predictions": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32),
@@ -293,6 +308,18 @@ def eval_step(weights: state_lib.Weights, batch: dict[str, Array], rng: Array | 
       **extra_rows,
   }
   return dict(metric_sums, loss=loss_sum, **extra_sums), row_outputs
+
+
+def _per_row_metrics(outputs, carry, model) -> dict[str, Array]:
+  """`losses.act_loss` of every row alone ([N] per metric, loss included): what the
+  host sums over the rows of the samples the checker chose."""
+
+  def one(out, row_carry):  # a batch of one row
+    loss, sums = losses.act_loss(*jax.tree.map(lambda x: x[None], (out, row_carry)),
+                                 model.config.loss_type)
+    return dict(sums, loss=loss)
+
+  return jax.vmap(one)(outputs, carry)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,7 +437,8 @@ def build_train_step(model_cfg: Any, opt_cfg, total_steps: int, global_batch_siz
 
 
 def build_eval_step(model: Any, halt_max_steps: int, adaptive_halting: bool = False, *,
-                    num_samples: int = 1, latent_noise: float = 0.0, select: str = "q_halt"):
+                    num_samples: int = 1, latent_noise: float = 0.0, select: str = "q_halt",
+                    noise_on: str = "both"):
   """The jitted `eval_step(weights, batch, rng=None)` of a model (`rng`: the noise
   key, needed when latent_noise > 0; bad sampling options fail here, naming the
   config.eval field)."""
@@ -418,4 +446,5 @@ def build_eval_step(model: Any, halt_max_steps: int, adaptive_halting: bool = Fa
   return jax.jit(functools.partial(eval_step, model=model, halt_max_steps=halt_max_steps,
                                    adaptive_halting=adaptive_halting,
                                    num_samples=int(num_samples),
-                                   latent_noise=float(latent_noise), select=select))
+                                   latent_noise=float(latent_noise), select=select,
+                                   noise_on=noise_on))

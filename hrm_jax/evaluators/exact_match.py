@@ -10,9 +10,13 @@ the eval step reports every on-device rule and the oracle; this evaluator
 adds the checker's (`exact_checker`, `checker_unsure`) from the rows, where
 the trainer has put the family's rule check of every candidate
 (`sample_accepted`). `exact_accuracy` is the accuracy of the rule
-`config.eval.select` (with "checker", the checker's).
+`config.eval.select` (with "checker", the checker's, and so is every other
+metric: the eval step gives every sample's metrics, `sample_metrics`, and this
+evaluator sums those of the checker's picks).
 """
 from typing import Any
+
+import numpy as np
 
 from hrm_jax import metrics, sampling
 
@@ -37,6 +41,11 @@ class Evaluator:
       predictions, q_halt = sampling.candidates(rows)
       sums.update(sampling.checker_metric_sums(rows["sample_accepted"], predictions,
                                                q_halt, rows["labels"]))
+      if self._select == "checker" and "sample_metrics" in rows:
+        # Every metric of the checker's pick, not only its exact accuracy.
+        choice, _ = sampling.by_checker(rows["sample_accepted"], q_halt)
+        sums.update({k: float(np.sum(sampling.take(np.asarray(v), np.asarray(choice))))
+                     for k, v in rows["sample_metrics"].items()})
     self._sums.add(sums)
 
   def result(self) -> dict[str, float]:

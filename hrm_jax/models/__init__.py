@@ -43,6 +43,8 @@ class Family:
       ((z_H, z_L) without gradient, logits_BxSxV, q_halt_B, q_continue_B)`.
     init_variables: `init_variables(model, rng) -> {"params", "buffers"}`.
     train_step_flops: `(config, global_batch) -> matmul FLOPs of one step`.
+    calls_per_segment: `config -> network calls of one segment` (the NFE unit:
+      an evaluation's NFE per puzzle is segments run x this x samples).
   """
   arch: str
   config: type
@@ -50,6 +52,7 @@ class Family:
   segment: Callable[..., Any]
   init_variables: Callable[..., Any]
   train_step_flops: Callable[[Any, int], float]
+  calls_per_segment: Callable[[Any], int]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,6 +80,16 @@ def reset_halted(carry: ACTCarry, batch: dict[str, Array], H_init_D: Array,
   )
 
 
+def q_says_halt(rules: Any, q_halt_B: Array, q_continue_B: Array) -> Array:
+  """bool [B]: the family's Q rule (`models.ACTRules`) says halt, without gradient."""
+  if rules.halt_on_q_halt_alone:
+    return jax.lax.stop_gradient(q_halt_B > 0)  # sigmoid(q_halt) > 0.5
+  return jax.lax.stop_gradient(q_halt_B > q_continue_B)
+
+
+NOISE_PLACES = ("both", "z_L", "init")
+
+
 def act_step(model: Any, variables: Any, carry: ACTCarry,
              puzzle_rows_BxE: Array, rng: Array | None, *, training: bool,
              adaptive_halting: bool = False,
@@ -120,10 +130,7 @@ def act_step(model: Any, variables: Any, carry: ACTCarry,
   steps_B = carry.steps_B + 1
   is_last_B = steps_B >= M
   halted_B = is_last_B
-  if rules.halt_on_q_halt_alone:
-    q_says_halt_B = jax.lax.stop_gradient(q_halt_B > 0)  # sigmoid(q_halt) > 0.5
-  else:
-    q_says_halt_B = jax.lax.stop_gradient(q_halt_B > q_continue_B)
+  q_says_halt_B = q_says_halt(rules, q_halt_B, q_continue_B)
   if training and M > 1 and rules.train_halting:
     halted_B = halted_B | q_says_halt_B
     # Exploration: with probability p a row must run at least U{2..M} segments.
@@ -153,7 +160,8 @@ def act_step(model: Any, variables: Any, carry: ACTCarry,
 def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, Array], *,
             halt_max_steps: int, adaptive_halting: bool = False,
             keep_trajectory: bool = False, num_samples: int = 1,
-            latent_noise: float = 0.0, rng: Array | None = None):
+            latent_noise: float = 0.0, rng: Array | None = None,
+            noise_on: str = "both", track_halt: bool = False):
   """Runs a fresh carry over one batch to the end (reference `pretrain.evaluate`).
 
   Every row runs `halt_max_steps` segments (inference-time scaling: may exceed
@@ -167,6 +175,9 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
   Gaussian noise N(0, sigma^2) is added to z_H and z_L of every row before every
   segment (the first included), drawn from `rng` folded with the segment index
   (Probabilistic TRM injects it into the latent at each deep-recursion step).
+  `noise_on` places it: "both" (z_H and z_L before every segment), "z_L" (z_L
+  alone before every segment, PTRM's latent) or "init" (both states once, before
+  the first segment: random initial latents, as C-voting).
   The carry's states are RMS-normalised (RMS ~1 per position), so sigma is
   relative to their scale. With K = 1 and sigma = 0 this is the plain rollout,
   bit for bit.
@@ -182,13 +193,19 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
     num_samples: trajectories per row (K).
     latent_noise: standard deviation of the noise on the carry (sigma).
     rng: the noise key (needed when latent_noise > 0).
+    noise_on: where the noise goes (NOISE_PLACES).
+    track_halt: also return `q_halt_step` (the "first_halt" rule's input).
 
   Returns:
-    (carry with every row marked halted, outputs of each row's last segment,
+    (carry with every row marked halted, outputs of each row's last segment
+     (with `track_halt`, plus `q_halt_step` [N] int32: the first segment after
+     which the family's Q rule said halt, halt_max_steps + 1 if it never did),
      trajectory [M,N,S] int32 or None), N = B*K rows.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples}: use >= 1.")
+  if noise_on not in NOISE_PLACES:
+    raise ValueError(f"noise_on={noise_on!r}: use one of {list(NOISE_PLACES)}.")
   noisy = latent_noise > 0
   if noisy and rng is None:
     raise ValueError("latent_noise > 0 needs a key: pass rng=jax.random.key(seed).")
@@ -203,37 +220,51 @@ def rollout(model: Any, variables: Any, puzzle_emb_PxE: Array, batch: dict[str, 
                            halt_max_steps=halt_max_steps)
 
   def perturb(carry, segment):
-    """The carry a segment starts from: + sigma * N(0, 1) on both states."""
-    if not noisy:
+    """The carry a segment starts from: + sigma * N(0, 1) where `noise_on` says
+    (segment None: the first segment of an "init" rollout)."""
+    if not noisy or (noise_on == "init" and segment is not None):
       return carry
-    key_H, key_L = jax.random.split(jax.random.fold_in(rng, segment))
+    key_H, key_L = jax.random.split(jax.random.fold_in(rng, 0 if segment is None else segment))
 
     def add(key, z):
       noise = latent_noise * jax.random.normal(key, z.shape, jnp.float32)
       return (z.astype(jnp.float32) + noise).astype(z.dtype)
 
-    return carry.replace(z_H_BxLxD=add(key_H, carry.z_H_BxLxD),
-                         z_L_BxLxD=add(key_L, carry.z_L_BxLxD))
+    z_H = carry.z_H_BxLxD if noise_on == "z_L" else add(key_H, carry.z_H_BxLxD)
+    return carry.replace(z_H_BxLxD=z_H, z_L_BxLxD=add(key_L, carry.z_L_BxLxD))
+
+  never = jnp.int32(halt_max_steps + 1)
+
+  def first_halt(halt_step_B, outputs, segment_number_B):
+    """The Q rule's first halt so far (segment numbers count from 1)."""
+    says_B = q_says_halt(cfg.act_rules, outputs["q_halt_logits"],
+                         outputs["q_continue_logits"])
+    return jnp.where((halt_step_B == never) & says_B, segment_number_B, halt_step_B)
 
   def segment_body(loop, segment):
-    carry, outputs, done_B = loop
+    carry, outputs, done_B, halt_step_B = loop
     new_carry, new_outputs = step(perturb(carry, segment), rows_BxE)
     # Rows that finished earlier keep their state and outputs.
     keep = lambda new, old: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
     new_carry = jax.tree.map(keep, new_carry, carry)
     new_outputs = jax.tree.map(keep, new_outputs, outputs)
+    halt_step_B = first_halt(halt_step_B, new_outputs, new_carry.steps_B)
     done_B = done_B | new_carry.halted_B
     prediction_BxS = jnp.argmax(new_outputs["logits"], axis=-1).astype(jnp.int32)
-    return (new_carry, new_outputs, done_B), (prediction_BxS if keep_trajectory else None)
+    return ((new_carry, new_outputs, done_B, halt_step_B),
+            (prediction_BxS if keep_trajectory else None))
 
   # The first segment outside the loop fixes the output shapes and dtypes.
-  carry, outputs = step(perturb(carry, 0), rows_BxE)
+  carry, outputs = step(perturb(carry, None if noise_on == "init" else 0), rows_BxE)
+  halt_step_B = first_halt(jnp.full(carry.steps_B.shape, never), outputs, carry.steps_B)
   first_prediction = jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)
   # The segment index only feeds the noise; without noise the loop is unchanged.
   segments = jnp.arange(1, halt_max_steps, dtype=jnp.int32) if noisy else None
-  (carry, outputs, _), trajectory = jax.lax.scan(
-      segment_body, (carry, outputs, carry.halted_B), segments,
+  (carry, outputs, _, halt_step_B), trajectory = jax.lax.scan(
+      segment_body, (carry, outputs, carry.halted_B, halt_step_B), segments,
       length=halt_max_steps - 1)
+  if track_halt:
+    outputs = dict(outputs, q_halt_step=halt_step_B)
   # Every row is finished now; count them all as halted for the metrics.
   carry = carry.replace(halted_B=jnp.ones_like(carry.halted_B))
   if keep_trajectory:

@@ -245,4 +245,6 @@ def train_step_flops(cfg: HRMConfig, batch_size: int) -> float:
 
 FAMILY = models.register(models.Family(
     arch=HRMConfig.ARCH, config=HRMConfig, inner=HRMInner, segment=segment,
-    init_variables=init_variables, train_step_flops=train_step_flops))
+    init_variables=init_variables, train_step_flops=train_step_flops,
+    # H_cycles x (L_cycles L-module calls + one H-module call).
+    calls_per_segment=lambda cfg: cfg.H_cycles * (cfg.L_cycles + 1)))

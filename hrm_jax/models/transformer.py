@@ -206,4 +206,5 @@ def train_step_flops(cfg: TransformerConfig, batch_size: int) -> float:
 
 FAMILY = models.register(models.Family(
     arch=TransformerConfig.ARCH, config=TransformerConfig, inner=TransformerInner,
-    segment=segment, init_variables=init_variables, train_step_flops=train_step_flops))
+    segment=segment, init_variables=init_variables, train_step_flops=train_step_flops,
+    calls_per_segment=lambda cfg: 1))  # one pass of the stack per segment

@@ -313,4 +313,6 @@ def train_step_flops(cfg: TRMConfig, batch_size: int) -> float:
 
 FAMILY = models.register(models.Family(
     arch=TRMConfig.ARCH, config=TRMConfig, inner=TRMInner, segment=segment,
-    init_variables=init_variables, train_step_flops=train_step_flops))
+    init_variables=init_variables, train_step_flops=train_step_flops,
+    # T cycles of n latent updates and one answer update, one network each.
+    calls_per_segment=lambda cfg: cfg.H_cycles * (cfg.L_cycles + 1)))
