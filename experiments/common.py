@@ -142,6 +142,9 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.eval.latent_noise = 0.0  # Std of the Gaussian noise on z_H/z_L before each segment.
   c.eval.select = "q_halt"  # Which of the K is the answer: "q_halt", "vote" or "checker".
   c.eval.sample_seed = 0  # Seeds the latent noise (batch i folds in i).
+  # ARC: also vote over the predictions of the run's earlier evaluations (a checkpoint
+  # ensemble, TRM's aggregated_voting), reported as arc/aggregated/pass@K.
+  c.eval.aggregate_votes = False
 
   c.mesh = "data:-1,fsdp:1"  # axis:size pairs; one -1 takes the remaining devices.
   c.ckpt = ml_collections.ConfigDict()
