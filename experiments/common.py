@@ -143,6 +143,9 @@ def base_config(family: str, arch: str = "hrm") -> ml_collections.ConfigDict:
   c.eval.noise_on = "both"  # Where: "both" states, "z_L" alone (PTRM), "init" (C-voting).
   c.eval.select = "q_halt"  # Which of the K is the answer: sampling.SELECT_RULES.
   c.eval.sample_seed = 0  # Seeds the latent noise (batch i folds in i).
+  # ARC: also vote over the predictions of the run's earlier evaluations (a checkpoint
+  # ensemble, TRM's aggregated_voting), reported as arc/aggregated/pass@K.
+  c.eval.aggregate_votes = False
 
   c.mesh = "data:-1,fsdp:1"  # axis:size pairs; one -1 takes the remaining devices.
   c.ckpt = ml_collections.ConfigDict()

@@ -338,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 # The metrics the closing summary shows first, when the evaluator reports them.
-_HEADLINE = ("exact_accuracy", "accuracy", "loss", "steps")
+_HEADLINE = ("exact_accuracy", "accuracy", "loss", "steps", "arc/pass@2", "arc/aggregated/pass@2")
 
 
 def closing_summary(config, workdir, step: int, total_steps: int,

@@ -23,6 +23,17 @@ Sampled trajectories (`config.eval.num_samples` K > 1): each row votes with
 the one sample `config.eval.select` chose ("q_halt" or "vote" among its K;
 ARC has no rule check, so "checker" is refused).
 
+Aggregated votes (`config.eval.aggregate_votes`, on in the TRM variants as TRM's
+`aggregated_voting=True`): each evaluation of a run also votes over the
+predictions of every earlier evaluation of the run (a checkpoint ensemble; TRM's
+ARC figures are such pools). Both figures are reported: `arc/pass@K` (and the
+two rule variants) is always this checkpoint's own vote, so its meaning does not
+change with the option; `arc/aggregated/pass@K`, `arc/aggregated/all_inputs_pass@K`
+and `arc/aggregated/per_input_pass@K` score the pool (`arc/aggregated/pass@2` is
+the figure comparable with TRM's paper; `arc/aggregated/num_evaluations` says
+how many evaluations it holds). The pool is saved per step in the workdir so a
+resumed run reports what an uninterrupted one would (`arc_pool`).
+
 `Votes` is the vote core (also used by `solve`); `ArcVoter` adds the split's
 ground truth and pass@K (`config.eval.pass_ks`); `Evaluator` adapts it to the
 trainer's evaluator plug-in interface (`hrm_jax.evaluators.<type>.Evaluator`).
@@ -40,6 +51,7 @@ from etils import epath
 from hrm_jax import sampling
 from hrm_jax.data import arc as arc_data
 from hrm_jax.data import puzzles
+from hrm_jax.evaluators import arc_pool
 from hrm_jax.evaluators import exact_match
 
 PASS_AT = (1, 2, 5, 10, 100, 1000)
@@ -61,9 +73,32 @@ class Votes:
     self._votes: dict = collections.defaultdict(dict)
 
   def add(self, question, grid: np.ndarray, confidence: float) -> None:
+    self.add_counted(question, grid, 1, confidence)
+
+  def add_counted(self, question, grid: np.ndarray, count: int,
+                  confidence_sum: float) -> None:
+    """`count` votes for `grid` whose confidences sum to `confidence_sum`."""
     slot = self._votes[question].setdefault(grid_key(grid), [0, 0.0, grid])
-    slot[0] += 1
-    slot[1] += float(confidence)
+    slot[0] += int(count)
+    slot[1] += float(confidence_sum)
+
+  def merge(self, other: Votes) -> Votes:
+    """Adds every vote of `other` to these, in place (`other` is unchanged: the
+    grids are shared, never modified); returns self."""
+    for question, slots in other._votes.items():  # pylint: disable=protected-access
+      mine = self._votes[question]
+      for key, (count, confidence_sum, grid) in slots.items():
+        slot = mine.setdefault(key, [0, 0.0, grid])
+        slot[0] += count
+        slot[1] += confidence_sum
+    return self
+
+  def entries(self):
+    """(question, grid, count, confidence sum) of every candidate, in the order
+    they were first voted for (which breaks exact ties in `ranked`)."""
+    for question, slots in self._votes.items():
+      for count, confidence_sum, grid in slots.values():
+        yield question, grid, count, confidence_sum
 
   def ranked(self, question) -> list[tuple[np.ndarray, int, float]]:
     """(grid, votes, mean confidence) per candidate, best first."""
@@ -124,6 +159,20 @@ class ArcVoter:
       self._votes.add((task, int(self._example_k[examples[i]])),
                       arc_data.invert_grid(grid, t, cmap), conf[i])
 
+  @property
+  def votes(self) -> Votes:
+    """The votes so far, by question (task, test index)."""
+    return self._votes
+
+  def merge(self, other: ArcVoter | Votes) -> ArcVoter:
+    """Adds the votes of `other` (another evaluation's voter, e.g. of another
+    checkpoint, or saved `Votes`) to this one's, in place; returns self, so that
+    `ArcVoter(split).merge(a).merge(b).finalize(scoring)` scores the pool.
+    Questions are (task, test index): the voters need not share a split object,
+    and this voter's ground truth scores the pool."""
+    self._votes.merge(other.votes if isinstance(other, ArcVoter) else other)
+    return self
+
   def ranked(self, task: str, k: int) -> list[np.ndarray]:
     """Candidate grids for test input k of task, best first."""
     return [grid for grid, _, _ in self._votes.ranked((task, k))]
@@ -178,7 +227,10 @@ class ArcVoter:
 class Evaluator:
   """Trainer plug-in: exact-match metrics plus ARC voting and pass@K.
 
-  Writes `<workdir>/arc_submission.json` on process 0 after each evaluation.
+  With `config.eval.aggregate_votes` it also reports the votes pooled over this
+  evaluation and the run's earlier ones (module docstring; `arc_pool`). Writes
+  `<workdir>/arc_submission.json` (and `arc_submission_aggregated.json`) on
+  process 0 after each evaluation.
   """
   needs_rows = True
 
@@ -190,13 +242,28 @@ class Evaluator:
     self._options = dict(pass_ks=tuple(eval_cfg.get("pass_ks", PASS_AT)),
                          empty_grids=eval_cfg.get("empty_grids", "vote"))
     self._scoring = eval_cfg.get("arc_scoring", "all_inputs")
+    self._aggregate = bool(eval_cfg.get("aggregate_votes", False))
+    self._pool = arc_pool.VotePool(workdir)
     self._metrics = exact_match.Evaluator(split, eval_cfg, workdir)
-    self._voter = ArcVoter(split, **self._options)
+    self.reset()
 
   def reset(self, step: int | None = None) -> None:
-    del step
+    """Starts an evaluation of the weights of train `step` (None: outside a run,
+    the pool starts empty and is not saved)."""
     self._metrics.reset()
     self._voter = ArcVoter(self._split, **self._options)
+    self._step, self._result = step, None
+    self._pooled, self._num_pooled = None, 0
+    if self._aggregate:
+      self._pooled = ArcVoter(self._split, **self._options)
+      if step is not None:
+        self._num_pooled = self._pool.load_into(self._pooled.votes, before=step)
+
+  @property
+  def voter(self) -> ArcVoter:
+    """This evaluation's own votes (also with aggregate_votes): what an `evaluate`
+    command pools over checkpoints, `ArcVoter(split).merge(...)`."""
+    return self._voter
 
   def add(self, metric_sums, rows) -> None:
     self._metrics.add(metric_sums, None)
@@ -204,10 +271,26 @@ class Evaluator:
                     rows["predictions"], rows["q_halt_logits"])
 
   def result(self) -> dict[str, float]:
+    """The metrics of the evaluation; with aggregate_votes, saves its votes under
+    its step first (once: calling again returns the same dict)."""
+    if self._result is not None:
+      return dict(self._result)
     out = dict(self._metrics.result())
     out.update({f"arc/{k}": v for k, v in self._voter.finalize(self._scoring).items()})
+    if self._aggregate:
+      if self._step is not None:
+        self._pool.save(self._step, self._voter.votes)
+      self._pooled.merge(self._voter)
+      pooled = self._pooled.finalize(self._scoring)
+      del pooled["num_tasks"]  # as arc/num_tasks
+      out.update({f"arc/aggregated/{k}": v for k, v in pooled.items()})
+      out["arc/aggregated/num_evaluations"] = float(self._num_pooled + 1)
     if self._workdir is not None:
       import jax  # pylint: disable=g-import-not-at-top
       if jax.process_index() == 0:
-        self._voter.write_submission(epath.Path(self._workdir) / "arc_submission.json")
-    return out
+        workdir = epath.Path(self._workdir)
+        self._voter.write_submission(workdir / "arc_submission.json")
+        if self._aggregate:
+          self._pooled.write_submission(workdir / "arc_submission_aggregated.json")
+    self._result = out
+    return dict(out)
