@@ -96,7 +96,8 @@ def _agreed(flag: bool) -> bool:
 
 def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
              should_stop: Callable[[], bool] | None = None,
-             label: str = "", step: int | None = None) -> dict[str, float]:
+             label: str = "", step: int | None = None,
+             timing: dict | None = None) -> dict[str, float]:
   """Runs the evaluator over the test split (or its first max_batches).
 
   Batch i's sampling noise comes from `config.eval.sample_seed` folded with i (the
@@ -106,7 +107,9 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
 
   `step` (the train step of the weights, None outside a run) is handed to the
   evaluator's `reset`: an evaluator that pools over a run's evaluations (ARC's
-  aggregated votes) keys its saved pool by it.
+  aggregated votes) keys its saved pool by it. `timing`, when given, receives `seconds` (the
+  whole evaluation), `batches`, `rows_per_batch` and `first_batch_seconds` (it
+  compiles): throughput figures leave the first batch out.
 
   Raises:
     EvaluationCut: `should_stop()` turned true (polled before each batch, agreed
@@ -143,8 +146,12 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
             check, rows["inputs"], sampling.candidates(rows)[0])
     evaluator.add(jax.device_get(metric_sums), rows)
     now = time.perf_counter()
+    if timing is not None:
+      timing.update(seconds=now - start, batches=i + 1, rows_per_batch=rows_per_batch)
     if i == 0:
       first_done = now  # the rate leaves out the first batch (it compiles)
+      if timing is not None:
+        timing["first_batch_seconds"] = now - start
     elif now - last_report >= PROGRESS_EVERY_S and i + 1 < total:
       rate = i / max(now - first_done, 1e-9)
       logging.info("%s: batch %d/%d (%d rows each), %.2f batches/s, ~%s left.",

@@ -23,6 +23,8 @@ from hrm_jax import metrics, sampling
 
 class Evaluator:
   """Accumulates metric sums over the eval batches of one evaluation."""
+  # With K samples, one evaluation reports the exact accuracy of every rule.
+  reports_every_rule = True
 
   def __init__(self, split: Any, eval_cfg: Any, workdir: Any):
     del split, workdir
