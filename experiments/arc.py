@@ -33,6 +33,15 @@ with votes pooled over the run's evaluations as TRM's evaluator pools them
 Expected arc/aggregated/pass@2 ~0.45 / ~0.08 (paper 44.6% / 7.8%, with ConceptARC in training:
 --config.data.source=dirs:...; 6,829,058 params).
 
+Transformer baseline (`:baseline`, combines with `arc2`, `cpu`, `smoke`): the ARC
+Prize analysis's (arcprize.org/blog/hrm-analysis) "same-size transformer" in HRM's
+place, as the TRM repo's `transformers_baseline.yaml`: one stack of 8 post-norm
+blocks, hidden 512, 12 heads (head dim 42), called once per segment, 16 segments,
+27,145,218 params; HRM's data, batch and optimiser. The analysis found HRM only
+~5 pp above it on ARC-AGI-1. (`benchmarks/baseline_config.py`, the memory tables'
+baseline, keeps 8 heads for cuDNN attention.)
+  python -m hrm_jax.main --config=experiments/arc.py:baseline --workdir=gs://BUCKET/base_arc1
+
 Test-time adaptation (`:tta`, arXiv 2511.02886; combines with the others, e.g.
 `:tta,trm,arc2` or `:tta,cpu`): starts from a pretrained workdir, which must be
 given, --config.init_from=<workdir or `convert` output>; trains on the evaluation
@@ -51,14 +60,19 @@ from experiments import common
 
 
 # Variant tokens of --config=experiments/arc.py:TOKEN[,TOKEN] (none = the paper's).
-VARIANTS = ("arc2", "cpu", "smoke", "trm", "1gpu", "tta")
+VARIANTS = ("arc2", "cpu", "smoke", "trm", "1gpu", "tta", "baseline")
 
 
 def get_config(arg: str | None = None):
   tokens = common.parse_arg(arg, VARIANTS)
+  if {"trm", "baseline"} <= tokens:
+    raise ValueError("Variants 'trm' and 'baseline' are two model families; pick one.")
   c = common.base_config("arc")
   if "trm" in tokens:
     common.trm_paper_settings(c, L_cycles=4)
+  if "baseline" in tokens:
+    common.baseline_settings(c)
+    c.cpu_variant = c.cpu_variant.replace(":cpu", ":baseline,cpu")
   c.eval.type = "arc"  # Invert augmentations, vote, pass@k, submission.json.
   c.eval.pass_ks = (1, 2, 5, 10, 100, 1000)  # Reported as arc/pass@K.
   # arc/pass@K: "all_inputs" (HRM's notebook: every test input of a task right) or

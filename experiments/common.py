@@ -195,6 +195,22 @@ def trm_paper_settings(c: ml_collections.ConfigDict, L_cycles: int,
   c.cpu_variant = c.cpu_variant.replace(":cpu", ":trm,cpu")
 
 
+# The baseline's heads in the TRM repo's `config/arch/transformers_baseline.yaml`
+# (head dim 42 on hidden 512: attention runs on the dense XLA path, cuDNN's flash
+# attention needs a multiple of 8).
+BASELINE_NUM_HEADS = 12
+
+
+def baseline_settings(c: ml_collections.ConfigDict) -> None:
+  """The ARC Prize analysis's plain-transformer baseline in place of HRM (the TRM
+  repo's `transformers_baseline.py` and its yaml): one stack of 8 post-norm blocks,
+  hidden 512, 12 heads, expansion 4, RoPE, one call per segment, 16 segments; the
+  `transformer` family's defaults but the heads. The run's data, batch and optimiser
+  stay HRM's."""
+  c.model = ml_collections.ConfigDict(models.default_fields("transformer"))
+  c.model.num_heads = BASELINE_NUM_HEADS
+
+
 def shrink_for_cpu(c: ml_collections.ConfigDict, hidden: int = 64, heads: int = 2,
                    layers: int = 1, dtype: str = "float32") -> None:
   """A tiny model of the config's family (float32 unless told: `cpu_recipe` asks

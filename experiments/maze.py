@@ -29,8 +29,9 @@ Measured on a 2-core CPU (BUILD_NOTES.md): 91% exact on 512 held-out 7x7 mazes
 after 2000 steps (10 minutes, data and compilation included), 99% at 3000 (15 min).
 
 TRM (arXiv 2510.04871):
-  :trm      TRM-Att on Maze-Hard (n = 4, EMA 0.999, 50k epochs, eval every 5k: 65,104
-            steps; 4 L40S, < 24 h in the paper). Expected ~0.85 (paper 85.3%;
+  :trm      TRM-Att on Maze-Hard (n = 4, EMA 0.999, 50k epochs, eval every 5k:
+            10 x 6,510 = 65,100 updates, over an LR schedule of the original's
+            int(50000 * 1000 / 768) = 65,104 steps; 4 L40S, < 24 h in the paper). Expected ~0.85 (paper 85.3%;
             6,822,914 params). On the paper's 4 L40S add --config.grad_accum_steps=2:
             XLA's GPU compiler puts 192 rows per GPU at 39.4 GiB (k = 1) / 18.8 GiB
             (k = 2) against 75% of 45 GiB (BUILD_NOTES "Accelerator compilers on a CPU").

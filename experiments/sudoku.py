@@ -13,8 +13,10 @@ held-out puzzles:
 
 TRM (the Tiny Recursive Model, arXiv 2510.04871), same data:
   :trm      TRM-MLP, the paper's best Sudoku model (token-mixing MLP, no positions,
-            n = 6, EMA 0.999, 50k epochs, eval every 5k: 65,104 steps at batch 768;
-            1 L40S, < 36 h in the paper). Expected ~0.87 (paper 87.4%; 5,028,866 params).
+            n = 6, EMA 0.999, 50k epochs, eval every 5k: 10 x 6,510 = 65,100 updates
+            at batch 768, over an LR schedule of the original's int(50000 * 1000 / 768)
+            = 65,104 steps; 1 L40S, < 36 h in the paper). Expected ~0.87 (paper
+            87.4%; 5,028,866 params).
             One GPU as shipped (batch 768, k = 1, no remat): XLA's GPU compiler puts
             the step at 32.8 GiB on an H100 and 33.0 GiB on an L40S, under 75% of
             the 79.6 / 45.0 GiB (`python launch/compile_check.py

@@ -12,6 +12,7 @@ from typing import Callable
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from hrm_jax import data
 
@@ -23,16 +24,22 @@ class RunPlan:
   Attributes:
     total_steps: optimizer updates the run makes.
     schedule_steps: length of the LR schedules. Epoch-based runs use the
-      reference's `int(epochs * examples_per_epoch / global_batch)`, which can
-      exceed the updates made (Sudoku-1k: 26,041 vs 26,040) exactly as there.
+      reference's `int(epochs * examples_per_epoch / global_batch)`, its planned
+      `total_steps`: it can exceed the updates the iterations hold (Sudoku-1k:
+      26,041 vs 26,040) exactly as there, and where the iterations hold more
+      (ARC) the updates stop at it, as the reference's do.
     eval_steps: the steps after which the run evaluates (sorted, distinct; the
       last is total_steps).
     epochs_per_iteration: the sampler's iteration length in epochs.
+    untrained_batches: batches the iterations hold past total_steps (epoch-based
+      runs only): the reference draws them and skips their updates; this run
+      ends at total_steps instead.
   """
   total_steps: int
   schedule_steps: int
   eval_steps: tuple[int, ...]
   epochs_per_iteration: int
+  untrained_batches: int = 0
 
 
 # Step-based runs: an iteration (whose last partial batch is dropped) holds at
@@ -52,7 +59,11 @@ def plan_run(config: ml_collections.ConfigDict, metadata,
   Epoch-based runs (`config.total_steps <= 0`) are planned as the reference
   plans them: `epochs / eval.every_epochs` iterations of `eval.every_epochs`
   epochs each, an evaluation after every iteration, and as many updates as the
-  iterations hold (each drops only its last partial batch). Step-based runs
+  iterations hold (each drops only its last partial batch), but no more than
+  the reference's planned `total_steps` (`schedule_steps`): its `train_batch`
+  returns without an update past it (HRM and TRM alike; ARC's iterations hold
+  ~0.2% / 0.5% more batches for ARC-1 / ARC-2). An evaluation the reference makes
+  after its last update is made at the last update here. Step-based runs
   (`config.total_steps > 0`, the CPU recipes) make exactly that many updates,
   evaluate every `eval.every_steps` and after the last step, and stream in
   iterations of the fewest epochs that hold `MIN_BATCHES_PER_ITERATION`
@@ -85,12 +96,14 @@ def plan_run(config: ml_collections.ConfigDict, metadata,
   if boundaries[-1] < 1:
     raise ValueError(f"The run has no updates: {epochs} epochs of {per_epoch:g} examples "
                      f"do not fill one batch of {B}.")
-  evals = tuple(sorted(set(b for b in boundaries if b > 0)))
+  planned = max(1, int(epochs * per_epoch / B))  # the reference's total_steps
+  total = min(int(boundaries[-1]), planned)
+  evals = tuple(sorted(set(min(b, total) for b in boundaries if b > 0)))
   if config.eval.every_steps > 0:
-    evals = tuple(sorted(set(range(config.eval.every_steps, boundaries[-1] + 1,
-                                   config.eval.every_steps)) | {boundaries[-1]}))
-  return RunPlan(int(boundaries[-1]), max(1, int(epochs * per_epoch / B)), evals,
-                 interval)
+    evals = tuple(sorted(set(range(config.eval.every_steps, total + 1,
+                                   config.eval.every_steps)) | {total}))
+  return RunPlan(total, planned, evals, interval,
+                 untrained_batches=int(boundaries[-1]) - total)
 
 
 def plan_for_split(config, train_split) -> RunPlan:
@@ -104,4 +117,9 @@ def plan_for_split(config, train_split) -> RunPlan:
           epochs_per_iteration=epochs_per_iteration)
     return counts[epochs_per_iteration].batches_in_iteration(iteration)
 
-  return plan_run(config, train_split.metadata, batches_in_iteration)
+  plan = plan_run(config, train_split.metadata, batches_in_iteration)
+  if plan.untrained_batches:
+    logging.info("The iterations hold %d batches past the planned %d updates (int(epochs "
+                 "* examples per epoch / batch)); as the reference, the run stops "
+                 "updating there.", plan.untrained_batches, plan.total_steps)
+  return plan

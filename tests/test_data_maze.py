@@ -91,3 +91,43 @@ def test_csv_round_trip_and_errors(tmp_path):
   _write(tmp_path / "char.csv", bad)
   with pytest.raises(data.DataError, match=r"char.csv row 2: unknown charac"):
     maze.read_csv(str(tmp_path / "char.csv"), 7)
+
+
+# ---- The rule check (test-time selection "checker", `solve`): the task's answers only.
+
+
+def _grid(text: str) -> np.ndarray:
+  return maze.encode(text).reshape(5, 5)
+
+
+# Two routes from S to G round the centre wall: 2 moves down the left, 6 round the right.
+_LOOP = "#####" "#S  #" "# # #" "#G  #" "#####"
+
+
+def test_checker_rejects_a_longer_path():
+  longer = "#####" "#Soo#" "# #o#" "#Goo#" "#####"  # connects S to G in 6 moves
+  problem = maze.check_answer(maze.encode(_LOOP), maze.encode(longer))
+  assert problem is not None and "6 moves, not a shortest path (2 moves)" in problem
+
+
+def test_checker_rejects_an_over_marked_grid():
+  every_open_cell = "#####" "#Soo#" "#o#o#" "#Goo#" "#####"  # holds the shortest path
+  problem = maze.check_answer(maze.encode(_LOOP), maze.encode(every_open_cell))
+  assert problem is not None and "5 'o' cell(s) beyond a shortest path" in problem
+  shortest = "#####" "#S  #" "#o# #" "#G  #" "#####"
+  one_extra = "#####" "#S o#" "#o# #" "#G  #" "#####"
+  assert maze.check_answer(maze.encode(_LOOP), maze.encode(shortest)) is None
+  assert "1 'o' cell(s) beyond" in maze.check_answer(maze.encode(_LOOP),
+                                                       maze.encode(one_extra))
+
+
+def test_checker_accepts_the_shortest_path_of_generated_mazes_only():
+  inputs, labels, lengths = maze.generate(11, 4, 18, 0.05, seed=3, tag="check")
+  for x, y, length in zip(inputs, labels, lengths):
+    assert maze.check_answer(x, y) is None
+    # Every open cell marked: S still reaches G by a shortest route, but the marking
+    # is not a path (the generator's mazes have corridors off the path).
+    flooded = np.where(x == maze.OPEN, maze.PATH, x).astype(np.uint8)
+    extra = int(np.sum(flooded == maze.PATH)) - (length - 1)
+    assert extra > 0
+    assert f"{extra} 'o' cell(s) beyond a shortest path" in maze.check_answer(x, flooded)

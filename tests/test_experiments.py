@@ -26,7 +26,8 @@ from hrm_jax.data import config as data_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Combinations the experiment files' docstrings and README document, beside each token.
-COMBINATIONS = {"arc.py": ["trm,arc2", "arc2,1gpu", "arc2,cpu", "tta,cpu"],
+COMBINATIONS = {"arc.py": ["trm,arc2", "arc2,1gpu", "arc2,cpu", "tta,cpu", "baseline,arc2",
+                           "baseline,cpu"],
                 "sudoku.py": ["trm,cpu"], "maze.py": ["trm,cpu"]}
 
 
@@ -62,6 +63,30 @@ def test_the_data_builder_of_every_variant(name, variant, tmp_path):
   assert builder.builder_config.name == data_config.config_name(data)
   assert json.loads(builder.builder_config.fields_json) == data_config.data_fields(data)
   assert builder.name == f"hrm_{data.family}"
+
+
+def test_the_baseline_variant_is_the_original_with_12_heads():
+  """`arc.py:baseline`: the TRM repo's transformers_baseline.yaml on ARC-AGI-1 (8 blocks,
+  hidden 512, 12 heads of 42: q, k, v and o_proj 504 wide), 27,145,218 parameters;
+  the family's defaults otherwise, and HRM's data and optimiser."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from hrm_jax import data, models  # pylint: disable=import-outside-toplevel
+  config = _config("arc.py", "baseline")
+  paper = _config("arc.py", "")
+  assert config.model.arch == "transformer" and config.model.num_heads == 12
+  assert {**config.model.to_dict(), "num_heads": 8} == models.default_fields("transformer")
+  for group in ("data", "opt"):
+    assert config[group].to_dict() == paper[group].to_dict(), group
+  assert config.batch_size == paper.batch_size and config.epochs == paper.epochs
+  model_cfg = models.make_config(config.model, data.shape(config.data))
+  family = models.family_of(model_cfg)
+  shapes = jax.eval_shape(lambda k: family.init_variables(models.build(model_cfg), k),
+                          jax.random.key(0))
+  attention = shapes["params"]["H_level"]["layers_0"]["self_attn"]
+  assert attention["qkv_proj"]["kernel"].shape == (512, 3 * 12 * 42)
+  assert models.count_params(shapes["params"]) == 27_145_218
+  with pytest.raises(ValueError, match="two model families"):
+    _config("arc.py", "trm,baseline")
 
 
 def test_the_paper_defaults_are_the_predefined_builder_configs(tmp_path):

@@ -200,17 +200,17 @@ def test_maze_path_check():
   maze = grid("#####" "#S  #" "### #" "#G  #" "#####")
   solved = grid("#####" "#Soo#" "###o#" "#Goo#" "#####")
   assert maze_data.path_problem(maze, solved) is None
-  assert maze_data.path_is_shortest(maze, solved)
   broken = grid("#####" "#Soo#" "### #" "#Goo#" "#####")
   assert "do not connect S to G" in maze_data.path_problem(maze, broken)
   through_wall = grid("#####" "#Soo#" "###o#" "#Goo#" "###o#")
   assert "differ from the maze" in maze_data.path_problem(maze, through_wall)
-  detour = grid("#####" "#So #" "#o# #" "#G  #" "#####")
   detour_maze = grid("#####" "#S  #" "# # #" "#G  #" "#####")
-  assert maze_data.path_problem(detour_maze, detour) is None
+  assert maze_data.path_problem(detour_maze, grid("#####" "#S  #" "#o# #" "#G  #"
+                                                  "#####")) is None
+  extra = grid("#####" "#So #" "#o# #" "#G  #" "#####")  # the shortest path and one more
+  assert "1 'o' cell(s) beyond" in maze_data.path_problem(detour_maze, extra)
   longer = grid("#####" "#Soo#" "# #o#" "#Goo#" "#####")
-  assert maze_data.path_problem(detour_maze, longer) is None
-  assert not maze_data.path_is_shortest(detour_maze, longer)
+  assert "not a shortest path (2 moves)" in maze_data.path_problem(detour_maze, longer)
 
 
 def _fake_arc_model(identifiers):

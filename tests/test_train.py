@@ -140,6 +140,50 @@ def test_run_plan_of_the_paper_configs(name):
   assert plan.epochs_per_iteration == 2000
 
 
+@pytest.mark.parametrize("name", ["sudoku", "maze"])
+def test_run_plan_of_the_trm_paper_configs(name):
+  """`:trm` (the docstrings' counts): 50k epochs in 10 iterations of 5k hold
+  10 x 6510 = 65,100 updates; the LR schedule is int(50000 * 1000 / 768) = 65,104."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from hrm_jax.data import sampler  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f"experiments.{name}").get_config("trm")
+  metadata = data.DatasetMetadata(
+      vocab_size=11, seq_len=81, num_puzzle_identifiers=1, pad_id=0, ignore_label_id=0,
+      blank_identifier_id=0, total_groups=1000, mean_puzzle_examples=1.0)
+  plan = schedule.plan_run(config, metadata, lambda i, epochs: sampler.iteration_batches(
+      1000, epochs, config.batch_size))
+  assert plan.total_steps == 65_100 and plan.schedule_steps == 65_104
+  assert plan.eval_steps == tuple(6510 * k for k in range(1, 11))
+  assert plan.untrained_batches == 0
+
+
+@pytest.mark.parametrize("variant", [None, "trm"])
+def test_updates_stop_at_the_planned_total_when_the_iterations_hold_more(variant):
+  """ARC-like: the iterations hold 0.2% more batches than the reference's planned
+  total_steps = int(epochs * examples per epoch / batch); its train_batch makes no
+  update past it, so neither does the run (the last evaluation is at the last update)."""
+  from experiments import arc  # pylint: disable=import-outside-toplevel
+  config = arc.get_config(variant)
+  metadata = data.DatasetMetadata(
+      vocab_size=12, seq_len=900, num_puzzle_identifiers=1001, pad_id=0, ignore_label_id=0,
+      blank_identifier_id=0, total_groups=1000, mean_puzzle_examples=4.0)
+  planned = int(config.epochs * 4000 / config.batch_size)  # 520,833 at 100k epochs
+  per_iteration = int(planned / 10 * 1.002)  # 52,187 batches: 10 hold 521,870
+  plan = schedule.plan_run(config, metadata, lambda i, epochs: per_iteration)
+  assert planned == 520_833 and 10 * per_iteration == 521_870
+  assert plan.total_steps == plan.schedule_steps == planned
+  assert plan.untrained_batches == 10 * per_iteration - planned == 1037
+  assert plan.eval_steps == (*(per_iteration * k for k in range(1, 10)), planned)
+  # Fewer batches than planned (Sudoku/Maze): every batch is trained, as before.
+  plan = schedule.plan_run(config, metadata, lambda i, epochs: per_iteration - 200)
+  assert plan.total_steps == 10 * (per_iteration - 200) < plan.schedule_steps == planned
+  assert plan.untrained_batches == 0
+  # An every_steps override stops at the cap too.
+  config.eval.every_steps = 200_000
+  plan = schedule.plan_run(config, metadata, lambda i, epochs: per_iteration)
+  assert plan.eval_steps == (200_000, 400_000, planned)
+
+
 def test_run_plan_of_step_based_runs():
   from experiments import sudoku  # pylint: disable=import-outside-toplevel
   config = sudoku.get_config("cpu")

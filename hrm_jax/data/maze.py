@@ -296,11 +296,13 @@ def plan(cfg, progress=print) -> puzzles.DatasetPlan:
 
 
 def path_problem(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> str | None:
-  """Why `answer` is not a valid solution of `maze` (None if it is).
+  """Why `answer` is not a solution of `maze` (None if it is): the task's rule.
 
-  Valid: the answer equals the maze except open cells marked "o", and S
-  reaches G moving only through "o" cells. (Shortness is reported separately
-  by `path_is_shortest`.) Both are token grids.
+  A solution equals the maze except open cells marked "o", and those cells are
+  exactly a shortest path from S to G: S reaches G through them in as few moves
+  as the maze allows, and no other cell is marked. (When the maze has several
+  shortest paths any one of them is a solution; the generator keeps mazes with
+  one.) Both are token grids.
   """
   maze_NxN, answer_NxN = np.asarray(maze_NxN), np.asarray(answer_NxN)
   changed = maze_NxN != answer_NxN
@@ -312,18 +314,19 @@ def path_problem(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> str | None:
   # Walk S -> G through path cells only: everything else becomes a wall.
   route = np.where(np.isin(answer_NxN, (START, GOAL, PATH)), answer_NxN,
                    WALL).astype(np.uint8)
-  start = tuple(int(v) for v in np.argwhere(route == START)[0])
-  goal = tuple(int(v) for v in np.argwhere(route == GOAL)[0])
-  dist, _ = bfs(route, start)
-  if dist[goal] < 0:
+  start, goal = _find(route, START), _find(route, GOAL)
+  moves = int(bfs(route, start)[0][goal])
+  if moves < 0:
     return "the 'o' cells do not connect S to G"
+  shortest = int(bfs(maze_NxN, start)[0][goal])
+  if moves > shortest:
+    return (f"the 'o' cells join S to G in {moves} moves, not a shortest path "
+            f"({shortest} moves)")
+  extra = int(np.sum(answer_NxN == PATH)) - (shortest - 1)
+  if extra > 0:
+    return (f"{extra} 'o' cell(s) beyond a shortest path from S to G "
+            f"({shortest - 1} cells marked on it)")
   return None
-
-
-def path_is_shortest(maze_NxN: np.ndarray, answer_NxN: np.ndarray) -> bool:
-  """True if a valid answer marks exactly as many cells as a shortest path."""
-  _, length, _ = shortest_path_label(np.asarray(maze_NxN))
-  return int(np.sum(np.asarray(answer_NxN) == PATH)) == length - 1
 
 
 # --------------------------------------------------------- family interface
@@ -366,7 +369,7 @@ def describe(seq_len: int) -> str:
 
 
 def check_answer(inputs_S: np.ndarray, prediction_S: np.ndarray) -> str | None:
-  """Why `prediction` is not a path from S to G over open cells (None: it is)."""
+  """Why `prediction` is not a shortest path from S to G (None: it is; `path_problem`)."""
   side = int(round(np.sqrt(np.asarray(inputs_S).size)))
   grid = np.asarray(inputs_S).reshape(side, side)
   answer = np.asarray(prediction_S).reshape(side, side)
