@@ -1,28 +1,26 @@
-"""Test-time compute on the 6x6 Sudoku CPU model: segments x samples x selection rule.
+"""Test-time compute on a CPU model: segments x halting x noise x samples x rule, with NFE.
 
-  python benchmarks/test_time_scaling.py [--workdir=DIR] [--noise=0.1,0.3,1.0]
+  python benchmarks/test_time_scaling.py [--experiment=sudoku|maze] [--workdir=DIR]
+      [--trained=DIR] [--segments=4,8,16] [--samples=1,4,16] [--noise=0.3,1.0]
+      [--noise_on=both,z_L,init] [--halting=fixed,adaptive]
 
-Trains `experiments/sudoku.py:cpu` with 16 blanks per board (the setting whose
-held-out exact accuracy plateaus at ~84%; reuses --workdir when it already holds
-the finished run), then evaluates the same trained weights with K sampled
-trajectories per board (`act.rollout`: Gaussian noise of std sigma on the
-latent carry before every segment) on the first --test_size test boards, and
-prints one table: for every number of segments M in --segments and every sigma
-in --noise (plus the deterministic K = 1, sigma = 0 baseline), K in --samples,
-the exact accuracy of each selection rule (`hrm_jax.sampling`: q_halt, vote,
-checker), the oracle (any of the K right), one sample's mean accuracy, the
-checker's "unsure" rate and the wall time per evaluated board (the model, the
-on-device rules and the host-side rule check; compilation excluded).
+Trains the experiment's CPU model through `python -m hrm_jax.main` (sudoku:
+`sudoku.py:cpu` with 16 blanks per board, the setting whose held-out exact
+accuracy plateaus below 100%; maze: `maze.py:cpu`), reusing --workdir when it
+holds the finished run, or takes any trained run as it is (--trained), then
+evaluates it with the user's command, `python -m hrm_jax.evaluate`: once
+deterministically (K = 1, no noise) and once for every segments x halting x
+sigma x placement x K cell, every selection rule of `hrm_jax.sampling` on the
+same samples. It prints one table: a row per cell with each rule's exact
+accuracy, the oracle (any of the K right), NFE per puzzle (network calls: the
+segments run x calls per segment x K) and puzzles/s (the CPU shared with
+whatever else runs: compare within one table).
 
-The last line is one JSON object with a key per cell, "exact_<rule>_<K>" plus
-"_seg<M>" unless M is the run's evaluation default (`config.eval.halt_max_steps`,
-8) and "_sigma<sigma>" unless sigma is --default_noise (K = 1 keys without a
-suffix are the sigma = 0 baseline), e.g. exact_q_halt_16, exact_oracle_16,
-exact_vote_4_seg16, exact_q_halt_16_sigma1.0.
+The last line is one JSON object with a key per cell and rule,
+"exact_<rule>_K<K>_M<M>_<halting>_sigma<sigma>_<placement>", "nfe_..." likewise.
 """
 # pylint: disable=invalid-name
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -31,141 +29,90 @@ import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
-
-from experiments import sudoku as sudoku_exp
-from hrm_jax import data, sampling, steps, workdir as workdir_lib
-from hrm_jax.evaluators import exact_match
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RULES = ("q_halt", "vote", "checker", "oracle")
+RULES = ("q_halt", "vote", "first_halt", "confidence", "checker")
+TRAIN = {"sudoku": ["--config=experiments/sudoku.py:cpu", "--config.data.num_blanks=16"],
+         "maze": ["--config=experiments/maze.py:cpu"]}
 
 
-def trained_workdir(config, workdir: pathlib.Path) -> workdir_lib.TrainedModel:
-  """The finished run in `workdir` (trained here unless it is there already)."""
-  try:
-    loaded = workdir_lib.load_weights(workdir)
-    if loaded.step == config.total_steps:
-      print(f"Reusing the run in {workdir} (step {loaded.step}).", flush=True)
-      return loaded
-  except workdir_lib.WorkdirError:
-    pass
-  t0 = time.perf_counter()
-  print(f"Training experiments/sudoku.py:cpu with {config.data.num_blanks} blanks in "
-        f"{workdir} ...", flush=True)
-  # The user's command (`hrm_jax.main`), as benchmarks/cpu_learning.py runs it.
-  cmd = [sys.executable, "-m", "hrm_jax.main", "--config=experiments/sudoku.py:cpu",
-         f"--config.data.num_blanks={config.data.num_blanks}",
-         f"--config.data.data_dir={config.data.data_dir}", f"--workdir={workdir}"]
+def _run(cmd: list[str]) -> None:
   proc = subprocess.run(cmd, cwd=ROOT, check=False)
   if proc.returncode:
-    raise SystemExit(f"Training failed (exit {proc.returncode}): {' '.join(cmd)}")
-  print(f"Trained in {time.perf_counter() - t0:.0f} s.", flush=True)
-  return workdir_lib.load_weights(workdir)
+    raise SystemExit(f"Failed (exit {proc.returncode}): {' '.join(cmd)}")
 
 
-def first_boards(split, n: int):
-  """The split's first n boards (one example per puzzle, one puzzle per group)."""
-  n = min(n, split.num_examples)
-  assert split.num_groups == split.num_examples == len(split.puzzle_identifiers)
-  return dataclasses.replace(
-      split, inputs=split.inputs[:n], labels=split.labels[:n],
-      puzzle_identifiers=split.puzzle_identifiers[:n],
-      puzzle_indices=split.puzzle_indices[:n + 1], group_indices=split.group_indices[:n + 1])
-
-
-def evaluate(loaded, split, M: int, K: int, sigma: float, batch_size: int,
-             seed: int) -> dict[str, float]:
-  """One cell: every rule's exact accuracy and the time per board."""
-  eval_fn = steps.build_eval_step(loaded.model, M, num_samples=K, latent_noise=sigma,
-                                  select="q_halt")
-  evaluator = exact_match.Evaluator(split, {"num_samples": K, "select": "checker"}, None)
-  check = data.family("sudoku").check_answer
-  batches = list(data.eval_batches(split, batch_size))
-  key = jax.random.key(seed)
-  for batch in batches[:1]:  # compile outside the clock
-    del batch["example_index"]
-    jax.block_until_ready(eval_fn(loaded.weights, batch, key))
+def trained_workdir(experiment: str, workdir: pathlib.Path, data_dir: str) -> None:
+  """Trains the experiment's CPU run into `workdir` (resumes; a finished run
+  returns at once: `main` trains no step past total_steps)."""
   t0 = time.perf_counter()
-  for i, batch in enumerate(batches):
-    batch.pop("example_index", None)
-    sums, rows = jax.device_get(eval_fn(loaded.weights, batch, jax.random.fold_in(key, i)))
-    rows["labels"] = batch["labels"]
-    rows["sample_accepted"] = sampling.accepted(check, batch["inputs"],
-                                                sampling.candidates(rows)[0])
-    evaluator.add(sums, rows)
-  wall = time.perf_counter() - t0
-  out = evaluator.result()
-  if K == 1:  # one candidate: every rule picks it
-    for rule in ("q_halt", "vote", "oracle", "mean_sample"):
-      out[f"exact_{rule}"] = out["exact_checker"]
-  out["ms_per_board"] = 1000.0 * wall / out["count"]
-  return out
+  print(f"Training {' '.join(TRAIN[experiment])} in {workdir} ...", flush=True)
+  _run([sys.executable, "-m", "hrm_jax.main", *TRAIN[experiment], f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}"])
+  print(f"Trained (or reused) in {time.perf_counter() - t0:.0f} s.", flush=True)
 
 
-def key_suffix(K: int, M: int, sigma: float, default_M: int, default_sigma: float) -> str:
-  """"_seg<M>" off the default segments; "_sigma<s>" off the default sigma (K = 1:
-  off sigma = 0, the deterministic baseline)."""
-  suffix = f"_seg{M}" if M != default_M else ""
-  if sigma != (0.0 if K == 1 else default_sigma):
-    suffix += f"_sigma{sigma:g}"
-  return suffix
+def evaluate(workdir: pathlib.Path, name: str, flags: list[str]) -> list[dict]:
+  """`python -m hrm_jax.evaluate` with `flags`; the rows of its JSON."""
+  _run([sys.executable, "-m", "hrm_jax.evaluate", f"--workdir={workdir}", f"--name={name}",
+        f"--select={','.join(RULES)}", *flags])
+  return json.loads((workdir / "eval" / f"{name}.json").read_text())["rows"]
+
+
+def cell_key(r: dict) -> str:
+  return (f"K{r['num_samples']}_M{r['segments']}_{r['halting']}_sigma{r['noise']:g}_"
+          f"{r['noise_on']}")
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="", help="run directory (reused if trained)")
+  parser.add_argument("--experiment", default="sudoku", choices=sorted(TRAIN))
+  parser.add_argument("--workdir", default="", help="run directory (trained unless finished)")
+  parser.add_argument("--trained", default="", help="evaluate this run as it is")
   parser.add_argument("--data_dir", default="", help="dataset cache (default: temp)")
   parser.add_argument("--segments", default="4,8,16")
-  parser.add_argument("--samples", default="1,4,16")
-  parser.add_argument("--noise", default="0.1,0.3,1.0", help="sigma values to try")
-  parser.add_argument("--default_noise", type=float, default=None,
-                      help="the sigma whose keys carry no suffix (default: the first)")
-  parser.add_argument("--test_size", type=int, default=512)
-  parser.add_argument("--batch", type=int, default=256, help="boards per eval batch")
-  parser.add_argument("--seed", type=int, default=0, help="seeds the latent noise")
+  parser.add_argument("--samples", default="4,16")
+  parser.add_argument("--noise", default="0.3,1.0", help="sigma values to try")
+  parser.add_argument("--noise_on", default="both,z_L,init")
+  parser.add_argument("--halting", default="fixed,adaptive")
+  parser.add_argument("--test_size", type=int, default=512, help="first N test puzzles")
+  parser.add_argument("--batch", type=int, default=256, help="puzzles per eval batch")
   args = parser.parse_args()
 
-  config = sudoku_exp.get_config("cpu")
-  config.data.num_blanks = 16
   tmp = tempfile.mkdtemp(prefix="hrm_ttc_")
-  config.data.data_dir = args.data_dir or os.path.join(tmp, "data")
-  workdir = pathlib.Path(args.workdir or os.path.join(tmp, "run"))
-  loaded = trained_workdir(config, workdir)
-  split = first_boards(data.load(config.data, "test"), args.test_size)
-  n = split.num_examples
-
-  segments = [int(s) for s in args.segments.split(",")]
-  samples = [int(s) for s in args.samples.split(",")]
-  noise = [float(s) for s in args.noise.split(",")]
-  default_sigma = noise[0] if args.default_noise is None else args.default_noise
-  default_M = config.eval.halt_max_steps
-  settings = [(1, 0.0)] + [(K, s) for s in noise for K in samples]
-  print(f"{n} held-out boards, batches of {args.batch}; trained with "
-        f"{loaded.model.config.halt_max_steps} segments; load average "
+  workdir = pathlib.Path(args.trained or args.workdir or os.path.join(tmp, "run"))
+  if not args.trained:
+    trained_workdir(args.experiment, workdir, args.data_dir or os.path.join(tmp, "data"))
+  batch = min(args.batch, args.test_size)
+  common = [f"--segments={args.segments}", f"--halting={args.halting}",
+            f"--batch_size={batch}", f"--max_batches={-(-args.test_size // batch)}"]
+  print(f"{args.experiment}: first {args.test_size} test puzzles; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-  header = (f"{'segs':>4} {'sigma':>5} {'K':>3} | {'q_halt':>6} {'vote':>6} {'checker':>7} "
-            f"{'oracle':>6} | {'1 sample':>8} {'unsure':>6} {'distinct':>8} | "
-            f"{'ms/board':>8}")
+  rows = evaluate(workdir, "ttc_deterministic", common + ["--num_samples=1", "--noise=0"])
+  rows += evaluate(workdir, "ttc_sampled", common + [
+      f"--num_samples={args.samples}", f"--noise={args.noise}", f"--noise_on={args.noise_on}"])
+
+  cells: dict[str, dict] = {}
+  for r in rows:
+    cells.setdefault(cell_key(r), dict(r, exact={}))["exact"][r["select"]] = r["accuracy"]
+  header = (f"{'M':>3} {'halting':>8} {'sigma':>5} {'on':>5} {'K':>3} | " +
+            " ".join(f"{rule[:10]:>10}" for rule in RULES) +
+            f" {'oracle':>6} | {'NFE':>7} {'puzzles/s':>9}")
   print(header)
   print("-" * len(header))
   summary = {}
-  for M in segments:
-    for K, sigma in settings:
-      out = evaluate(loaded, split, M, K, sigma, args.batch, args.seed)
-      print(f"{M:>4} {sigma:>5g} {K:>3} | {out['exact_q_halt']:>6.3f} "
-            f"{out['exact_vote']:>6.3f} {out['exact_checker']:>7.3f} "
-            f"{out['exact_oracle']:>6.3f} | {out['exact_mean_sample']:>8.3f} "
-            f"{out['checker_unsure']:>6.3f} {out.get('distinct_answers', 1.0):>8.2f} | "
-            f"{out['ms_per_board']:>8.2f}", flush=True)
-      suffix = key_suffix(K, M, sigma, default_M, default_sigma)
-      for rule in RULES:
-        summary[f"exact_{rule}_{K}{suffix}"] = round(float(out[f"exact_{rule}"]), 4)
-      summary[f"ms_per_board_{K}{suffix}"] = round(out["ms_per_board"], 3)
-  summary["default_segments"] = default_M
-  summary["default_noise"] = default_sigma
-  summary["test_boards"] = n
+  for key, c in sorted(cells.items(), key=lambda kv: (kv[1]["segments"], kv[1]["halting"],
+                                                      kv[1]["noise"], kv[1]["noise_on"],
+                                                      kv[1]["num_samples"])):
+    print(f"{c['segments']:>3} {c['halting']:>8} {c['noise']:>5g} {c['noise_on']:>5} "
+          f"{c['num_samples']:>3} | " +
+          " ".join(f"{c['exact'].get(rule, float('nan')):>10.3f}" for rule in RULES) +
+          f" {c['oracle']:>6.3f} | {c['nfe']:>7.1f} {c['puzzles_per_s']:>9.1f}", flush=True)
+    for rule in RULES:
+      summary[f"exact_{rule}_{key}"] = round(float(c["exact"][rule]), 4)
+    summary[f"oracle_{key}"] = round(float(c["oracle"]), 4)
+    summary[f"nfe_{key}"] = round(float(c["nfe"]), 2)
+  summary["experiment"] = args.experiment
+  summary["test_puzzles"] = args.test_size
   print(json.dumps(summary))
 
 

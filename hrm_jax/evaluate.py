@@ -42,6 +42,10 @@ TOOL = "hrm_jax.evaluate"
 EVAL_DIR = "eval"
 HALTING = ("fixed", "adaptive")
 AGGREGATE = ("none", "all_checkpoints")
+# Noise for K > 1 when --noise is not given and the run's eval.latent_noise is 0:
+# K noiseless samples would be K copies of one trajectory (BUILD_NOTES: sigma 0.3
+# is the best q_halt setting on the Sudoku CPU model).
+DEFAULT_NOISE = 0.3
 
 
 class EvaluateError(ValueError):
@@ -76,8 +80,9 @@ def apply_overrides(config, overrides: list[str]) -> None:
       raise EvaluateError(f"--config.{key}={text}: {' '.join(str(e).split())}") from None
 
 
-def settings(f) -> list[dict]:
-  """The evaluations asked for: every combination of the setting flags."""
+def settings(f, run_noise: float = 0.0) -> list[dict]:
+  """The evaluations asked for: every combination of the setting flags (no
+  --noise: none for K = 1, the run's eval.latent_noise or DEFAULT_NOISE for K > 1)."""
   halting = [h for h in f.halting]
   for h in halting:
     if h not in HALTING:
@@ -90,13 +95,17 @@ def settings(f) -> list[dict]:
       raise EvaluateError(f"--select={rule}: use one of {list(sampling.SELECT_RULES)}.")
   out = []
   for m, h, k, sigma, where in itertools.product(f.segments or [0], halting, f.num_samples,
-                                                 f.noise, f.noise_on):
+                                                 f.noise or [None], f.noise_on):
+    if sigma is None:
+      sigma = 0.0 if k == 1 else (run_noise or DEFAULT_NOISE)
     try:
       sampling.check_options(int(k), float(sigma), f.select[0], prefix="--")
     except ValueError as e:
       raise EvaluateError(str(e)) from None
-    out.append({"segments": int(m), "halting": h, "num_samples": int(k),
-                "noise": float(sigma), "noise_on": where})
+    setting = {"segments": int(m), "halting": h, "num_samples": int(k),
+               "noise": float(sigma), "noise_on": where}
+    if setting not in out:
+      out.append(setting)
   return out
 
 
@@ -145,7 +154,7 @@ def headline(result: dict, rule: str, num_samples: int) -> float:
 def evaluate_run(loaded, split, config, f, mesh) -> dict:
   """Every setting's evaluation: {"rows": table rows, "evaluations": results}."""
   rows, evaluations = [], []
-  for setting in settings(f):
+  for setting in settings(f, config.eval.get("latent_noise", 0.0)):
     # One run reports every rule when the evaluator does (Sudoku/Maze); ARC's
     # votes follow the selected sample, so each rule is its own run there.
     per_rule = setting["num_samples"] > 1 and not getattr(
@@ -177,10 +186,11 @@ def aggregate_checkpoints(workdir, split, config, f, mesh) -> dict:
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, async_save=False)
   steps = ckpt.all_steps()
   ckpt.close()
-  if len(settings(f)) != 1 or len(f.select) != 1:
+  wanted = settings(f, config.eval.get("latent_noise", 0.0))
+  if len(wanted) != 1 or len(f.select) != 1:
     raise EvaluateError("--aggregate=all_checkpoints takes one setting and one --select.")
   pool, per_step = None, {}
-  cfg = eval_config(config, settings(f)[0], f.select[0], f.batch_size, f.max_batches)
+  cfg = eval_config(config, wanted[0], f.select[0], f.batch_size, f.max_batches)
   for step in steps:
     loaded = _load(workdir, mesh, step)
     result, _, evaluator = _run(loaded, cfg.copy_and_resolve_references(), split, mesh)
@@ -192,7 +202,7 @@ def aggregate_checkpoints(workdir, split, config, f, mesh) -> dict:
   pooled = {f"arc/{k}": v for k, v in pool.finalize(config.eval.arc_scoring).items()}
   if jax.process_index() == 0:
     pool.write_submission(_out_path(f, None, "_submission.json"))
-  rows = [dict(settings(f)[0], select=f.select[0], accuracy=pooled["arc/pass@2"],
+  rows = [dict(wanted[0], select=f.select[0], accuracy=pooled["arc/pass@2"],
                oracle=None, nfe=per_step[steps[-1]].get("nfe"), puzzles_per_s=None,
                checkpoints=len(steps))]
   return {"rows": rows, "evaluations": [{"step": s, "metrics": r} for s, r in
@@ -284,7 +294,8 @@ def _define_flags() -> None:
   flags.DEFINE_list("segments", [], "Segments at most (default: the run's evaluation value).")
   flags.DEFINE_list("halting", ["fixed"], "fixed (every segment) and/or adaptive (Q head).")
   flags.DEFINE_list("num_samples", ["1"], "Trajectories per puzzle, K.")
-  flags.DEFINE_list("noise", ["0.0"], "Std of the latent noise (needs K > 1 to matter).")
+  flags.DEFINE_list("noise", [], "Std of the latent noise (default: 0 for K = 1; for "
+                    f"K > 1 the run's eval.latent_noise, or {DEFAULT_NOISE} if that is 0).")
   flags.DEFINE_list("noise_on", ["both"], f"Where the noise goes: {list(act.NOISE_PLACES)}.")
   flags.DEFINE_list("select", ["q_halt"], f"Selection rules: {list(sampling.SELECT_RULES)}.")
   flags.DEFINE_integer("batch_size", 0, "Puzzles per batch (0: the run's eval.batch_size).")
