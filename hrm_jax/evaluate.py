@@ -189,20 +189,21 @@ def aggregate_checkpoints(workdir, split, config, f, mesh) -> dict:
   wanted = settings(f, config.eval.get("latent_noise", 0.0))
   if len(wanted) != 1 or len(f.select) != 1:
     raise EvaluateError("--aggregate=all_checkpoints takes one setting and one --select.")
+  if not hasattr(evaluation.load_evaluator(config.eval, split, None), "voter"):
+    raise EvaluateError(f"--aggregate=all_checkpoints pools votes, and the "
+                        f"{config.data.family} evaluator does not vote (ARC does).")
   pool, per_step = None, {}
   cfg = eval_config(config, wanted[0], f.select[0], f.batch_size, f.max_batches)
   for step in steps:
     loaded = _load(workdir, mesh, step)
     result, _, evaluator = _run(loaded, cfg.copy_and_resolve_references(), split, mesh)
-    if not hasattr(evaluator, "voter"):
-      raise EvaluateError(f"--aggregate=all_checkpoints pools votes, and the "
-                          f"{config.data.family} evaluator does not vote (ARC does).")
     per_step[step] = result
     pool = evaluator.voter if pool is None else pool.merge(evaluator.voter)
   pooled = {f"arc/{k}": v for k, v in pool.finalize(config.eval.arc_scoring).items()}
   if jax.process_index() == 0:
     pool.write_submission(_out_path(f, None, "_submission.json"))
-  rows = [dict(wanted[0], select=f.select[0], accuracy=pooled["arc/pass@2"],
+  ran = dict(wanted[0], segments=evaluation.segments(cfg.eval, loaded.model.config))
+  rows = [dict(ran, select=f.select[0], accuracy=pooled["arc/pass@2"],
                oracle=None, nfe=per_step[steps[-1]].get("nfe"), puzzles_per_s=None,
                checkpoints=len(steps))]
   return {"rows": rows, "evaluations": [{"step": s, "metrics": r} for s, r in
@@ -245,7 +246,8 @@ def load_split(config, split_name: str, loaded) -> data.PuzzleSplit:
 def table(rows: list[dict]) -> str:
   head = (f"{'segments':>8s} {'halting':>8s} {'K':>3s} {'noise':>6s} {'on':>5s} "
           f"{'select':>10s} {'exact':>7s} {'oracle':>7s} {'NFE':>8s} {'puzzles/s':>9s}")
-  fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec[:-2] + "s")
+  fmt = lambda v, spec: (format(v, spec) if v is not None
+                        else format("-", ">" + spec.split(".")[0]))
   lines = [head]
   for r in rows:
     lines.append(f"{r['segments']:>8d} {r['halting']:>8s} {r['num_samples']:>3d} "
@@ -332,7 +334,8 @@ def main(argv):
   print(table(out["rows"]))
   if "pooled" in out:
     print("pooled over %d checkpoints: %s" % (len(out["evaluations"]), ", ".join(
-        f"{k}={v:.4f}" for k, v in sorted(out["pooled"].items()) if "pass@" in k)))
+        f"{k}={v:.4f}" for k, v in sorted(out["pooled"].items())
+        if k.endswith(("pass@1", "pass@2")))))
   print(f"Wrote {path}")
 
 

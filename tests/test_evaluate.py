@@ -212,6 +212,7 @@ def test_evaluate_prints_the_table_and_writes_the_json(smoke_run):
     (["--noise_on=z_H"], "--noise_on=z_H"),
     (["--config.data.no_such_field=1"], "has no field 'no_such_field'"),
     (["--config.data.board_size=6"], "Puzzle size does not match the model"),
+    (["--aggregate=all_checkpoints"], "the sudoku evaluator does not vote"),
 ])
 def test_evaluate_fails_in_one_line(smoke_run, args, message):
   proc = env_util.run_module("hrm_jax.evaluate", f"--workdir={smoke_run}", *args)
@@ -227,3 +228,27 @@ def test_evaluate_without_a_checkpoint_fails_in_one_line(tmp_path):
   assert "Traceback" not in proc.stderr
   assert proc.stderr.count("error:") == 1 and str(tmp_path) in proc.stderr
   assert not os.path.exists(tmp_path / "eval")
+
+
+@pytest.mark.slow
+def test_evaluate_pools_arc_votes_over_every_checkpoint(tmp_path):
+  workdir = tmp_path / "arc"
+  env_util.train_smoke(workdir, tmp_path / "data", "arc.py:trm,smoke")
+  steps_saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                       if p.name.isdigit())
+  assert len(steps_saved) >= 2
+  proc = env_util.run_module("hrm_jax.evaluate", f"--workdir={workdir}",
+                             "--aggregate=all_checkpoints", "--name=pool")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"pooled over {len(steps_saved)} checkpoints" in proc.stdout
+  saved = json.loads((workdir / "eval" / "pool.json").read_text())
+  assert [e["step"] for e in saved["evaluations"]] == steps_saved
+  one = saved["evaluations"][0]["metrics"]
+  # The pool holds every checkpoint's votes: their sum.
+  assert saved["pooled"]["arc/num_votes"] == sum(
+      e["metrics"]["arc/num_votes"] for e in saved["evaluations"])
+  assert set(saved["pooled"]) >= {"arc/pass@2", "arc/all_inputs_pass@2",
+                                  "arc/per_input_pass@2"}
+  assert one["arc/num_tasks"] == saved["pooled"]["arc/num_tasks"]
+  submission = json.loads((workdir / "eval" / "pool_submission.json").read_text())
+  assert submission and all("attempt_1" in a[0] for a in submission.values())
