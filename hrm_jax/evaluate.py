@@ -132,7 +132,7 @@ def _run(loaded, cfg, split, mesh):
     raise EvaluateError(str(e)) from None
   timing: dict = {}
   result = evaluation.evaluate(loaded.weights, split, eval_fn, evaluator, cfg, mesh,
-                               label="evaluation", timing=timing)
+                               label="  evaluation", timing=timing, report=_say)
   rows = result.get("count", 0.0)
   later = timing["seconds"] - timing.get("first_batch_seconds", 0.0)
   if timing["batches"] > 1 and later > 0:  # leave out the compiling first batch
@@ -140,6 +140,15 @@ def _run(loaded, cfg, split, mesh):
   else:
     rate = rows / max(timing["seconds"], 1e-9)
   return result, rate, evaluator
+
+
+def _say(line: str) -> None:
+  """Progress, on stderr (the table is stdout)."""
+  print(line, file=sys.stderr, flush=True)
+
+
+def _describe(setting: dict) -> str:
+  return " ".join(f"{k}={v}" for k, v in setting.items())
 
 
 def headline(result: dict, rule: str, num_samples: int) -> float:
@@ -165,9 +174,9 @@ def evaluate_run(loaded, split, config, f, mesh) -> dict:
       cfg = eval_config(config, setting, primary, f.batch_size, f.max_batches)
       t0 = time.perf_counter()
       result, rate, evaluator = _run(loaded, cfg, split, mesh)
-      logging.warning("%s, select=%s: %s in %.1f s", setting, primary,
-                      f"exact {result.get('exact_accuracy', float('nan')):.4f}",
-                      time.perf_counter() - t0)
+      _say(f"{_describe(setting)}, select={primary}: exact "
+           f"{result.get('exact_accuracy', float('nan')):.4f} over {result.get('count', 0):.0f}"
+           f" puzzles in {time.perf_counter() - t0:.1f} s")
       evaluations.append({"setting": setting, "select": primary, "metrics": result})
       ran = dict(setting, segments=evaluation.segments(cfg.eval, loaded.model.config))
       for rule in rules:
@@ -195,6 +204,7 @@ def aggregate_checkpoints(workdir, split, config, f, mesh) -> dict:
   pool, per_step = None, {}
   cfg = eval_config(config, wanted[0], f.select[0], f.batch_size, f.max_batches)
   for step in steps:
+    _say(f"checkpoint {step} ({len(per_step) + 1}/{len(steps)})")
     loaded = _load(workdir, mesh, step)
     result, _, evaluator = _run(loaded, cfg.copy_and_resolve_references(), split, mesh)
     per_step[step] = result

@@ -97,7 +97,8 @@ def _agreed(flag: bool) -> bool:
 def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
              should_stop: Callable[[], bool] | None = None,
              label: str = "", step: int | None = None,
-             timing: dict | None = None) -> dict[str, float]:
+             timing: dict | None = None,
+             report: Callable[[str], None] | None = None) -> dict[str, float]:
   """Runs the evaluator over the test split (or its first max_batches).
 
   Batch i's sampling noise comes from `config.eval.sample_seed` folded with i (the
@@ -109,14 +110,18 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
   evaluator's `reset`: an evaluator that pools over a run's evaluations (ARC's
   aggregated votes) keys its saved pool by it. `timing`, when given, receives `seconds` (the
   whole evaluation), `batches`, `rows_per_batch` and `first_batch_seconds` (it
-  compiles): throughput figures leave the first batch out.
+  compiles): throughput figures leave the first batch out. Progress lines go to
+  `report` (default: the log, at INFO).
 
   Raises:
     EvaluationCut: `should_stop()` turned true (polled before each batch, agreed
       over processes; None: never polled).
   """
   start = time.perf_counter()
-  evaluator.reset(step=step)
+  if step is None:  # plug-ins that keep nothing between evaluations take no step
+    evaluator.reset()
+  else:
+    evaluator.reset(step=step)
   eval_cfg = config.eval
   check = data.family(config.data.family).check_answer
   run_checker = check is not None and sampling.uses_checker(eval_cfg.num_samples,
@@ -154,9 +159,10 @@ def evaluate(weights, split, eval_fn, evaluator, config, mesh, *,
         timing["first_batch_seconds"] = now - start
     elif now - last_report >= PROGRESS_EVERY_S and i + 1 < total:
       rate = i / max(now - first_done, 1e-9)
-      logging.info("%s: batch %d/%d (%d rows each), %.2f batches/s, ~%s left.",
-                   label or "evaluation", i + 1, total, rows_per_batch, rate,
-                   metric_writers.format_duration((total - i - 1) / rate))
+      line = (f"{label or 'evaluation'}: batch {i + 1}/{total} ({rows_per_batch} rows "
+              f"each), {rate:.2f} batches/s, ~"
+              f"{metric_writers.format_duration((total - i - 1) / rate)} left.")
+      (report or logging.info)(line)
       last_report = now
   return evaluator.result()
 
