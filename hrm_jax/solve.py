@@ -22,9 +22,10 @@ sigmoid(q_halt) of the last segment run.
 Test-time compute (`hrm_jax.sampling`): --num_samples=K runs K trajectories
 at once, with --latent_noise=SIGMA Gaussian noise on the latent state before
 each segment (seeded by --sample_seed), and --select picks the answer:
-"q_halt" (the most confident), "vote" (the most frequent) or "checker" (the
-most confident one that passes the puzzle's rule check; "unsure" when none
-does; not for ARC, which has no rule check). Sudoku and maze results say
+"q_halt" (the most confident), "vote" (the most frequent), "first_halt" (the
+first whose Q head says halt), "confidence" (the highest mean top-1 probability)
+or "checker" (the most confident one that passes the puzzle's rule check;
+"unsure" when none does; not for ARC, which has no rule check). Sudoku and maze results say
 whether the checker accepts the chosen answer and how many samples it accepted.
 
 ARC: an HRM knows a task only through its learned puzzle embedding, trained
