@@ -272,12 +272,14 @@ def visualize(workdir: str, out_dir: str | None = None, num_puzzles: int = 4,
   sections.extend(analyze.html_sections(workdir))
 
   cfg = loaded.model.config
+  # Only the recurrent families have cycles (the transformer baseline has none).
+  cycles = "".join(f"{name} {getattr(cfg, name)}, " for name in ("H_cycles", "L_cycles")
+                   if hasattr(cfg, name))
   summary = [
       f"workdir: {workdir} (checkpoint step {loaded.step})",
       f"dataset: {kind}, seq_len {cfg.seq_len}, vocab {cfg.vocab_size}; split "
       f"'{split_name}' ({split.num_examples} examples)",
-      f"model: {cfg.ARCH}, H_cycles {cfg.H_cycles}, L_cycles {cfg.L_cycles}, "
-      f"hidden {cfg.hidden_size}; segments shown: {M}",
+      f"model: {cfg.ARCH}, {cycles}hidden {cfg.hidden_size}; segments shown: {M}",
   ]
   html_path = out / "index.html"
   pictures.write_html(html_path, f"HRM run {os.path.basename(os.fspath(workdir).rstrip('/'))}",

@@ -54,6 +54,17 @@ def test_writes_decodable_pngs_and_self_contained_html(maze_run, tmp_path):
   assert len(steps) == 32 and steps.min() >= 1 and steps.max() <= 3
 
 
+@pytest.mark.slow
+def test_a_transformer_baseline_run_is_drawn(tmp_path):
+  """The baseline has no H_cycles/L_cycles: its page says what it has."""
+  workdir = tmp_path / "baseline"
+  env_util.train_smoke(workdir, tmp_path / "data", "arc.py:baseline,smoke")
+  result = visualize.visualize(str(workdir), str(tmp_path / "out"), num_puzzles=1,
+                               num_halting=8)
+  page = pathlib.Path(result["html"]).read_text()
+  assert "model: transformer, hidden" in page and "H_cycles" not in page
+
+
 def test_cli_error_is_one_line(tmp_path):
   proc = env_util.run_module("hrm_jax.visualize", f"--workdir={tmp_path}")
   assert proc.returncode != 0
