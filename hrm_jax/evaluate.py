@@ -163,11 +163,12 @@ def headline(result: dict, rule: str, num_samples: int) -> float:
 def evaluate_run(loaded, split, config, f, mesh) -> dict:
   """Every setting's evaluation: {"rows": table rows, "evaluations": results}."""
   rows, evaluations = [], []
+  # One run reports every rule when the evaluator does (Sudoku/Maze); ARC's votes
+  # follow the selected sample, so each rule is its own run there.
+  every_rule = getattr(evaluation.load_evaluator(config.eval, split, None),
+                       "reports_every_rule", False)
   for setting in settings(f, config.eval.get("latent_noise", 0.0)):
-    # One run reports every rule when the evaluator does (Sudoku/Maze); ARC's
-    # votes follow the selected sample, so each rule is its own run there.
-    per_rule = setting["num_samples"] > 1 and not getattr(
-        evaluation.load_evaluator(config.eval, split, None), "reports_every_rule", False)
+    per_rule = setting["num_samples"] > 1 and not every_rule
     groups = [[r] for r in f.select] if per_rule else [list(f.select)]
     for rules in groups:
       primary = "checker" if "checker" in rules and setting["num_samples"] == 1 else rules[0]
